@@ -1,0 +1,36 @@
+# Two commands set everything up on a fresh machine: `make run` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+# The whole suite must finish well inside CI's limit; a hung test is killed by pytest-timeout.
+SUITE_TIMEOUT ?= 900
+
+.PHONY: run test lint typecheck bench-ingest clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+## Embedded broker + one worker on this machine (Ctrl-C stops both).
+run: $(STAMP)
+	$(BIN)/nmstream dev --loglevel info
+
+## Lint, type-check, then the whole test suite against the real embedded broker.
+test: lint typecheck
+	timeout --kill-after=30 $(SUITE_TIMEOUT) $(BIN)/pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check nmstream tests bench
+
+typecheck: $(STAMP)
+	$(BIN)/mypy nmstream tests bench
+
+## Ingest throughput against the bare-aiohttp ceiling.
+bench-ingest: $(STAMP)
+	$(BIN)/python bench/ingest.py
+
+clean:
+	rm -rf $(VENV) .nmstream-data .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,71 @@
+"""The ``nmstream`` command.
+
+``nmstream dev [WORKER OPTIONS]`` starts the embedded broker and a worker on this machine;
+every other sub-command (``worker``, and the app's own commands) is Faust's CLI.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from nmstream.settings import SettingsError, get_settings
+
+#: Consumer-group timings that make the embedded broker join in seconds, not half a minute.
+DEV_GROUP_TIMINGS = {
+    "NMSTREAM_SESSION_TIMEOUT": "6",
+    "NMSTREAM_HEARTBEAT_INTERVAL": "1",
+    "NMSTREAM_REBALANCE_TIMEOUT": "6",
+}
+
+
+def _fail(message: str) -> int:
+    print(f"nmstream: {message}", file=sys.stderr)
+    return 2
+
+
+def _run_faust(argv: list[str]) -> int:
+    """Hand ``argv`` to the Faust command line of the nmstream app."""
+    try:
+        get_settings()
+    except SettingsError as exc:
+        return _fail(f"invalid settings:\n{exc}")
+    from nmstream.app import app
+
+    sys.argv = ["nmstream", *argv]
+    try:
+        app.main()
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else 0 if exc.code is None else 1
+    return 0
+
+
+def dev(argv: list[str]) -> int:
+    """Embedded broker on loopback, then a worker against it; Ctrl-C stops both."""
+    from nmstream.broker import BrokerError, EmbeddedBroker
+
+    try:
+        settings = get_settings()
+        broker = EmbeddedBroker(settings.dev_broker_port, settings.broker_bin)
+        broker.start()
+    except SettingsError as exc:
+        return _fail(f"invalid settings:\n{exc}")
+    except BrokerError as exc:
+        return _fail(f"embedded broker: {exc} (NMSTREAM_DEV_BROKER_PORT=0 picks a free port)")
+    print(f"nmstream: embedded broker on {broker.bootstrap}", file=sys.stderr, flush=True)
+    os.environ["NMSTREAM_BROKER"] = broker.url
+    for name, value in DEV_GROUP_TIMINGS.items():
+        os.environ.setdefault(name, value)
+    get_settings.cache_clear()
+    try:
+        return _run_faust(["worker", *argv])
+    finally:
+        broker.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console-script entry point."""
+    args = sys.argv[1:] if argv is None else argv
+    if args[:1] == ["dev"]:
+        return dev(args[1:])
+    return _run_faust(args)

@@ -1,0 +1,121 @@
+"""What senders post to ``/api/v2/alerts`` and what lands on the ``nmstream-alerts`` topic."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, TypeAdapter
+
+ALERT_SCHEMA_VERSION: Literal[1] = 1
+
+LabelName = Annotated[str, StringConstraints(min_length=1)]
+LabelSet = dict[LabelName, str]
+
+_FNV64_OFFSET = 0xCBF29CE484222325
+_FNV64_PRIME = 0x100000001B3
+_SEPARATOR = b"\xff"
+
+
+def label_fingerprint(labels: dict[str, str]) -> str:
+    """Prometheus' label-set fingerprint (FNV-1a 64 over sorted name/value pairs).
+
+    It equals what Alertmanager sends as ``fingerprint``, so alerts from senders that
+    give none are keyed exactly as Alertmanager would key them.
+    """
+    digest = _FNV64_OFFSET
+    for name in sorted(labels):
+        for part in (name.encode(), _SEPARATOR, labels[name].encode(), _SEPARATOR):
+            for byte in part:
+                digest = ((digest ^ byte) * _FNV64_PRIME) & 0xFFFFFFFFFFFFFFFF
+    return f"{digest:016x}"
+
+
+class _Wire(BaseModel):
+    """Alertmanager's camelCase on the wire, snake_case in Python."""
+
+    model_config = ConfigDict(populate_by_name=True, extra="ignore", frozen=True)
+
+
+class Alert(_Wire):
+    """One alert as Alertmanager's webhook (v4) or its v2 API ("postable alert") carries it."""
+
+    status: Literal["firing", "resolved"] | None = None
+    labels: Annotated[LabelSet, Field(min_length=1)]
+    annotations: LabelSet = Field(default_factory=dict)
+    starts_at: datetime | None = Field(None, alias="startsAt")
+    ends_at: datetime | None = Field(None, alias="endsAt")
+    generator_url: str = Field("", alias="generatorURL")
+    fingerprint: str = ""
+
+    def effective_status(self, now: datetime) -> Literal["firing", "resolved"]:
+        """The sender's status, or Alertmanager's rule: resolved once ``endsAt`` has passed."""
+        if self.status is not None:
+            return self.status
+        if self.ends_at is not None and self.ends_at.year > 1 and self.ends_at <= now:
+            return "resolved"
+        return "firing"
+
+
+class GroupContext(_Wire):
+    """The webhook's group-level fields: everything but the alerts themselves."""
+
+    version: str | None = None
+    group_key: str | None = Field(None, alias="groupKey")
+    truncated_alerts: int = Field(0, ge=0, alias="truncatedAlerts")
+    status: Literal["firing", "resolved"] | None = None
+    receiver: str | None = None
+    group_labels: LabelSet = Field(default_factory=dict, alias="groupLabels")
+    common_labels: LabelSet = Field(default_factory=dict, alias="commonLabels")
+    common_annotations: LabelSet = Field(default_factory=dict, alias="commonAnnotations")
+    external_url: str | None = Field(None, alias="externalURL")
+
+
+class WebhookPayload(GroupContext):
+    """Alertmanager webhook v4, or notification-manager's minimal sender shape."""
+
+    alerts: Annotated[list[Alert], Field(min_length=1)]
+
+    def context(self) -> GroupContext:
+        """The group fields without the alerts."""
+        return GroupContext.model_validate(self.model_dump(exclude={"alerts"}))
+
+
+PostableAlerts = TypeAdapter(Annotated[list[Alert], Field(min_length=1)])
+
+
+class AlertRecord(_Wire):
+    """One record of ``nmstream-alerts``: one alert with its group context, keyed by fingerprint."""
+
+    schema_version: Literal[1] = ALERT_SCHEMA_VERSION
+    fingerprint: str
+    fingerprint_source: Literal["sender", "computed"]
+    request_id: str
+    received_at: datetime
+    alert: Alert
+    group: GroupContext
+
+    @classmethod
+    def build(
+        cls, alert: Alert, group: GroupContext, request_id: str, received_at: datetime
+    ) -> AlertRecord:
+        """Stamp an incoming alert: fingerprint (the sender's or computed) and resolved status."""
+        fingerprint = alert.fingerprint or label_fingerprint(alert.labels)
+        status = alert.effective_status(received_at)
+        return cls(
+            fingerprint=fingerprint,
+            fingerprint_source="sender" if alert.fingerprint else "computed",
+            request_id=request_id,
+            received_at=received_at,
+            alert=alert.model_copy(update={"fingerprint": fingerprint, "status": status}),
+            group=group,
+        )
+
+    def to_bytes(self) -> bytes:
+        """The topic encoding: JSON with Alertmanager's field names."""
+        return self.model_dump_json(by_alias=True).encode()
+
+
+def utcnow() -> datetime:
+    """Timezone-aware now, the only clock the ingest path uses."""
+    return datetime.now(UTC)

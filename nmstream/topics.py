@@ -1,0 +1,114 @@
+"""nmstream's Kafka topics, and the guard that keeps them declared.
+
+Every stage of the pipeline is one of these topics. nmstream creates them itself (with
+their partitions and cleanup policy) and checks them again whenever Kafka misbehaved:
+a broker that lost its storage must get the topics back *before* anything is produced,
+because some brokers (Tansu on memory://) acknowledge writes to a topic that no longer
+exists and the record is then unreadable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+from nmstream.app import app, settings
+
+log = logging.getLogger(__name__)
+
+TOPIC_ALREADY_EXISTS = 36
+ADMIN_TIMEOUT_MS = 5000
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    """Name, size and cleanup policy of one topic."""
+
+    name: str
+    partitions: int
+    replicas: int
+    compacted: bool = False
+
+    def new_topic(self) -> NewTopic:
+        """The admin request that creates it."""
+        configs = {"cleanup.policy": "compact"} if self.compacted else {}
+        return NewTopic(self.name, self.partitions, self.replicas, topic_configs=configs)
+
+
+def _spec(name: str, *, compacted: bool = False) -> TopicSpec:
+    return TopicSpec(
+        settings.topic(name), settings.partitions, settings.replication_factor, compacted
+    )
+
+
+ALERTS = _spec("alerts")
+
+#: One record per alert, key = fingerprint (so one alert's updates stay in order).
+alerts_topic: Any = app.topic(
+    ALERTS.name,
+    key_type=bytes,
+    value_type=bytes,
+    key_serializer="raw",
+    value_serializer="raw",
+    partitions=ALERTS.partitions,
+)
+
+
+class TopicGuard:
+    """Creates missing topics; ``ready`` is set while they are known to exist."""
+
+    def __init__(self, specs: tuple[TopicSpec, ...]) -> None:
+        self.specs = specs
+        self.ready = asyncio.Event()
+        self._lock = asyncio.Lock()
+        self._admin: AIOKafkaAdminClient | None = None
+
+    def suspect(self) -> None:
+        """Kafka failed us: verify the topics before the next write."""
+        self.ready.clear()
+
+    async def ensure(self) -> None:
+        """Create whichever topics the cluster lacks; raises while Kafka is unreachable."""
+        async with self._lock:
+            try:
+                admin = await self._client()
+                existing = set(await admin.list_topics())
+                missing = [s.new_topic() for s in self.specs if s.name not in existing]
+                if missing:
+                    response = await admin.create_topics(missing, timeout_ms=ADMIN_TIMEOUT_MS)
+                    for name, code, *rest in response.topic_errors:
+                        if code not in (0, TOPIC_ALREADY_EXISTS):
+                            raise RuntimeError(f"cannot create topic {name}: error {code} {rest}")
+                    log.info("created topics %s", ", ".join(t.name for t in missing))
+            except BaseException:
+                self.ready.clear()
+                await self._drop_client()
+                raise
+            self.ready.set()
+
+    async def close(self) -> None:
+        """Release the admin connection."""
+        async with self._lock:
+            await self._drop_client()
+
+    async def _client(self) -> AIOKafkaAdminClient:
+        if self._admin is None:
+            bootstrap = [h.removeprefix("kafka://") for h in settings.broker.split(";")]
+            admin = AIOKafkaAdminClient(
+                bootstrap_servers=bootstrap, request_timeout_ms=ADMIN_TIMEOUT_MS
+            )
+            await admin.start()
+            self._admin = admin
+        return self._admin
+
+    async def _drop_client(self) -> None:
+        admin, self._admin = self._admin, None
+        if admin is not None:
+            await admin.close()
+
+
+guard = TopicGuard((ALERTS,))

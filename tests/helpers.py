@@ -1,0 +1,163 @@
+"""Test helpers: nmstream workers as subprocesses, topic readers, the shared payloads."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import requests
+from kafka import KafkaConsumer, TopicPartition
+
+from nmstream.broker import EmbeddedBroker, free_port
+
+TESTDATA = Path(__file__).resolve().parents[2] / "shared" / "testdata"
+FAST_GROUP = {
+    "NMSTREAM_SESSION_TIMEOUT": "6",
+    "NMSTREAM_HEARTBEAT_INTERVAL": "1",
+    "NMSTREAM_REBALANCE_TIMEOUT": "6",
+}
+
+
+def payload(name: str) -> bytes:
+    """One of the real Alertmanager payloads in ``../shared/testdata``."""
+    return (TESTDATA / name).read_bytes()
+
+
+class Worker:
+    """One ``nmstream worker`` process with its own web port, log file and settings."""
+
+    def __init__(self, broker: EmbeddedBroker, workdir: Path, **env: str) -> None:
+        self.broker = broker
+        self.workdir = workdir
+        self.port = free_port()
+        self.env = {
+            **os.environ,
+            **FAST_GROUP,
+            "NMSTREAM_BROKER": broker.url,
+            "NMSTREAM_WEB_PORT": str(self.port),
+            "NMSTREAM_DATA_DIR": str(workdir / "data"),
+            **env,
+        }
+        self.log_path = workdir / f"worker-{self.port}.log"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        """Base URL of the worker's web server."""
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 60.0) -> Worker:
+        """Start the worker and wait for ``/-/ready``."""
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "nmstream", "worker", "-l", "info"],
+                env=self.env,
+                cwd=self.workdir,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise AssertionError(f"worker exited early:\n{self.log_tail()}")
+            try:
+                if requests.get(f"{self.url}/-/ready", timeout=1).status_code == 200:
+                    return self
+            except requests.RequestException:
+                pass
+            time.sleep(0.2)
+        raise AssertionError(f"worker not ready in {timeout}s:\n{self.log_tail()}")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int:
+        """Signal the worker and wait for it to exit; returns its exit code."""
+        process, self.process = self.process, None
+        if process is None:
+            return 0
+        if process.poll() is None:
+            process.send_signal(sig)
+            try:
+                process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(timeout)
+                raise AssertionError(f"worker ignored signal {sig}:\n{self.log_tail()}") from None
+        return process.returncode
+
+    def log_tail(self, lines: int = 60) -> str:
+        """The end of the worker's log, for failure messages."""
+        text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    def log_text(self) -> str:
+        """The whole log."""
+        return self.log_path.read_text(errors="replace")
+
+    def post(self, path: str, body: Any, **kwargs: Any) -> requests.Response:
+        """POST a body (bytes, or an iterator for a chunked upload) to the worker."""
+        return requests.post(f"{self.url}{path}", data=body, timeout=30, **kwargs)
+
+    def get(self, path: str) -> requests.Response:
+        """GET from the worker."""
+        return requests.get(f"{self.url}{path}", timeout=10)
+
+
+def make_worker(broker: EmbeddedBroker, workdir: Path, prefix: str, **env: str) -> Worker:
+    """A worker isolated by topic prefix and app id."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    return Worker(
+        broker, workdir, NMSTREAM_TOPIC_PREFIX=prefix, NMSTREAM_APP_ID=f"{prefix}-app", **env
+    )
+
+
+def read_topic(
+    broker: EmbeddedBroker, topic: str, expect: int, timeout: float = 30.0, settle: float = 2.0
+) -> list[dict[str, Any]]:
+    """Every record of ``topic`` from the beginning, as dicts with key, partition and value.
+
+    Reads until ``expect`` records arrived (or ``timeout``), then keeps polling for
+    ``settle`` seconds so that extra records (duplicates) would be seen too.
+    """
+    consumer = KafkaConsumer(
+        bootstrap_servers=broker.bootstrap,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        group_id=None,
+    )
+    try:
+        deadline = time.monotonic() + timeout
+        partitions: set[int] | None = None
+        while not partitions and time.monotonic() < deadline:
+            partitions = consumer.partitions_for_topic(topic)
+            if not partitions:
+                time.sleep(0.2)
+        assert partitions, f"topic {topic} does not exist"
+        consumer.assign([TopicPartition(topic, p) for p in sorted(partitions)])
+        consumer.seek_to_beginning()
+        records: list[dict[str, Any]] = []
+        settle_until: float | None = None
+        while True:
+            now = time.monotonic()
+            if settle_until is None and (len(records) >= expect or now > deadline):
+                settle_until = now + settle
+            if settle_until is not None and now > settle_until:
+                return records
+            for tp, batch in consumer.poll(timeout_ms=200).items():
+                for msg in batch:
+                    records.append(
+                        {
+                            "partition": tp.partition,
+                            "offset": msg.offset,
+                            "key": msg.key.decode() if msg.key else None,
+                            "timestamp": msg.timestamp,
+                            "value": json.loads(msg.value),
+                        }
+                    )
+    finally:
+        consumer.close()

@@ -1,0 +1,76 @@
+"""The ``nmstream`` command: settings errors, and ``nmstream dev`` as ``make run`` uses it."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import requests
+
+from nmstream.broker import free_port, port_open
+from tests.helpers import FAST_GROUP, payload
+
+
+def test_bad_setting_is_a_clear_message_not_a_traceback(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "nmstream", "worker"],
+        env={**os.environ, "NMSTREAM_WEB_PORT": "not-a-port"},
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert "NMSTREAM_WEB_PORT" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_dev_runs_broker_and_worker_and_ctrl_c_stops_both(tmp_path: Path) -> None:
+    web_port = free_port()
+    env = {
+        **os.environ,
+        **FAST_GROUP,
+        "NMSTREAM_DEV_BROKER_PORT": "0",
+        "NMSTREAM_WEB_PORT": str(web_port),
+        "NMSTREAM_TOPIC_PREFIX": "devtest",
+    }
+    log_path = tmp_path / "dev.log"
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "nmstream", "dev", "-l", "info"],
+            env=env, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT,
+        )
+    try:
+        url = f"http://127.0.0.1:{web_port}"
+        deadline = time.monotonic() + 60
+        while True:
+            assert process.poll() is None, log_path.read_text()
+            assert time.monotonic() < deadline, log_path.read_text()
+            try:
+                if requests.get(f"{url}/-/ready", timeout=1).status_code == 200:
+                    break
+            except requests.RequestException:
+                pass
+            time.sleep(0.2)
+        response = requests.post(f"{url}/api/v2/alerts", data=payload("alert.json"), timeout=30)
+        assert response.status_code == 200
+        assert response.json()["alerts"] == 9
+
+        match = re.search(r"embedded broker on 127\.0\.0\.1:(\d+)", log_path.read_text())
+        assert match, log_path.read_text()
+        broker_port = int(match.group(1))
+        assert port_open(broker_port)
+
+        process.send_signal(signal.SIGINT)
+        assert process.wait(30) == 0, log_path.read_text()
+        assert not port_open(broker_port), "embedded broker still running after Ctrl-C"
+        assert not port_open(web_port)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(10)

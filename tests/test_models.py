@@ -1,0 +1,108 @@
+"""Payload models, fingerprints and settings, without a broker."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+
+import pytest
+from pydantic import ValidationError
+
+from nmstream.ingest.models import AlertRecord, WebhookPayload, label_fingerprint
+from nmstream.settings import Settings, SettingsError, get_settings
+from tests.helpers import payload
+
+NOW = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(
+    "name", ["alert.json", "alert1.json", "alerts-without-namespace.json"]
+)
+def test_computed_fingerprint_equals_alertmanagers(name: str) -> None:
+    alerts = json.loads(payload(name))["alerts"]
+    assert alerts
+    for alert in alerts:
+        assert label_fingerprint(alert["labels"]) == alert["fingerprint"]
+
+
+def test_fingerprint_depends_on_every_label_but_not_on_order() -> None:
+    base = {"alertname": "A", "namespace": "n"}
+    assert label_fingerprint(base) == label_fingerprint(dict(reversed(base.items())))
+    assert label_fingerprint(base) != label_fingerprint({**base, "pod": "p"})
+    assert label_fingerprint({"a": "bc"}) != label_fingerprint({"ab": "c"})
+
+
+def test_minimal_sender_alerts_get_distinct_computed_fingerprints() -> None:
+    parsed = WebhookPayload.model_validate_json(payload("alert-auditing.json"))
+    records = [AlertRecord.build(a, parsed.context(), "r", NOW) for a in parsed.alerts]
+    assert {r.fingerprint_source for r in records} == {"computed"}
+    assert len({r.fingerprint for r in records}) == len(records) == 6
+
+
+@pytest.mark.parametrize(
+    ("alert", "status"),
+    [
+        ({"labels": {"a": "b"}}, "firing"),
+        ({"labels": {"a": "b"}, "endsAt": "0001-01-01T00:00:00Z"}, "firing"),
+        ({"labels": {"a": "b"}, "endsAt": "2025-12-31T23:59:59Z"}, "resolved"),
+        ({"labels": {"a": "b"}, "endsAt": "2026-01-01T00:00:01Z"}, "firing"),
+        ({"labels": {"a": "b"}, "status": "resolved", "endsAt": "2999-01-01T00:00:00Z"},
+         "resolved"),
+    ],
+)
+def test_status_is_the_senders_or_follows_ends_at(alert: dict[str, object], status: str) -> None:
+    parsed = WebhookPayload.model_validate({"alerts": [alert]})
+    record = AlertRecord.build(parsed.alerts[0], parsed.context(), "r", NOW)
+    assert record.alert.status == status
+
+
+def test_record_keeps_alertmanager_field_names_on_the_wire() -> None:
+    parsed = WebhookPayload.model_validate_json(payload("alert1.json"))
+    record = AlertRecord.build(parsed.alerts[0], parsed.context(), "req", NOW)
+    wire = json.loads(record.to_bytes())
+    assert set(wire) == {"schema_version", "fingerprint", "fingerprint_source", "request_id",
+                         "received_at", "alert", "group"}
+    assert {"startsAt", "endsAt", "generatorURL", "fingerprint"} <= set(wire["alert"])
+    assert {"groupLabels", "commonLabels", "commonAnnotations", "externalURL"} <= set(
+        wire["group"])
+    assert "alerts" not in wire["group"]
+    assert AlertRecord.model_validate_json(record.to_bytes()) == record
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("127.0.0.1:9092", "kafka://127.0.0.1:9092"),
+        ("kafka://a:1;kafka://b:2", "kafka://a:1;kafka://b:2"),
+        ("a:1,b:2", "kafka://a:1;kafka://b:2"),
+    ],
+)
+def test_broker_setting_accepts_host_port_lists(value: str, expected: str) -> None:
+    assert Settings(broker=value).broker == expected
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("NMSTREAM_BROKER", "no-port"),
+        ("NMSTREAM_WEB_PORT", "http"),
+        ("NMSTREAM_WEB_PORT", "70000"),
+        ("NMSTREAM_PARTITIONS", "0"),
+        ("NMSTREAM_TOPIC_PREFIX", "bad prefix"),
+    ],
+)
+def test_invalid_setting_names_the_variable(
+    monkeypatch: pytest.MonkeyPatch, variable: str, value: str
+) -> None:
+    monkeypatch.setenv(variable, value)
+    get_settings.cache_clear()
+    try:
+        with pytest.raises(SettingsError, match=variable):
+            get_settings()
+    finally:
+        get_settings.cache_clear()
+
+
+def test_settings_reject_out_of_range_values() -> None:
+    with pytest.raises(ValidationError):
+        Settings(produce_timeout=-1)
