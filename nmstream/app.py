@@ -1,6 +1,7 @@
 """The Faust application: settings applied, domain packages wired by autodiscover.
 
-Data flow, one package per stage: ``ingest`` (HTTP → ``nmstream-alerts``) and ``ops``
+Data flow, one package per stage: ``ingest`` (HTTP → ``nmstream-alerts``), ``config``
+(custom resources → ``nmstream-config`` → each worker's receivers view) and ``ops``
 (health, readiness, metrics). Later stages subscribe to the topics in :mod:`nmstream.topics`.
 """
 
@@ -16,7 +17,7 @@ app = faust.App(
     settings.app_id,
     broker=settings.broker,
     origin="nmstream",
-    autodiscover=["nmstream.ingest", "nmstream.ops"],
+    autodiscover=["nmstream.ingest", "nmstream.config", "nmstream.ops"],
     store="memory://",
     datadir=str(settings.data_dir),
     topic_partitions=settings.partitions,

@@ -2,6 +2,7 @@
 
 ``nmstream dev [WORKER OPTIONS]`` starts the embedded broker and a worker on this machine;
 every other sub-command (``worker``, and the app's own commands) is Faust's CLI.
+``--config-dir DIR`` (with ``dev`` or ``worker``) follows CR YAML files instead of a cluster.
 """
 
 from __future__ import annotations
@@ -63,9 +64,31 @@ def dev(argv: list[str]) -> int:
         broker.stop()
 
 
+def _take_config_dir(args: list[str]) -> list[str]:
+    """Remove ``--config-dir DIR`` from ``args`` into ``NMSTREAM_CONFIG_DIR``."""
+    rest: list[str] = []
+    it = iter(args)
+    for arg in it:
+        if arg == "--config-dir":
+            value = next(it, "")
+        elif arg.startswith("--config-dir="):
+            value = arg.partition("=")[2]
+        else:
+            rest.append(arg)
+            continue
+        if not os.path.isdir(value):
+            raise SettingsError(f"--config-dir: {value!r} is not a directory")
+        os.environ["NMSTREAM_CONFIG_DIR"] = os.path.abspath(value)
+        get_settings.cache_clear()
+    return rest
+
+
 def main(argv: list[str] | None = None) -> int:
     """Console-script entry point."""
-    args = sys.argv[1:] if argv is None else argv
+    try:
+        args = _take_config_dir(sys.argv[1:] if argv is None else argv)
+    except SettingsError as exc:
+        return _fail(str(exc))
     if args[:1] == ["dev"]:
         return dev(args[1:])
     return _run_faust(args)

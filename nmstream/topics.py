@@ -39,13 +39,19 @@ class TopicSpec:
         return NewTopic(self.name, self.partitions, self.replicas, topic_configs=configs)
 
 
-def _spec(name: str, *, compacted: bool = False) -> TopicSpec:
+def _spec(name: str, *, partitions: int | None = None, compacted: bool = False) -> TopicSpec:
     return TopicSpec(
-        settings.topic(name), settings.partitions, settings.replication_factor, compacted
+        settings.topic(name),
+        partitions or settings.partitions,
+        settings.replication_factor,
+        compacted,
     )
 
 
 ALERTS = _spec("alerts")
+#: Receivers and configs, key ``kind/namespace/name``, null value deletes. One partition:
+#: every worker reads all of it, and one total order keeps re-publication simple.
+CONFIG = _spec("config", partitions=1, compacted=True)
 
 #: One record per alert, key = fingerprint (so one alert's updates stay in order).
 alerts_topic: Any = app.topic(
@@ -97,9 +103,8 @@ class TopicGuard:
 
     async def _client(self) -> AIOKafkaAdminClient:
         if self._admin is None:
-            bootstrap = [h.removeprefix("kafka://") for h in settings.broker.split(";")]
             admin = AIOKafkaAdminClient(
-                bootstrap_servers=bootstrap, request_timeout_ms=ADMIN_TIMEOUT_MS
+                bootstrap_servers=settings.bootstrap_servers, request_timeout_ms=ADMIN_TIMEOUT_MS
             )
             await admin.start()
             self._admin = admin
@@ -111,4 +116,4 @@ class TopicGuard:
             await admin.close()
 
 
-guard = TopicGuard((ALERTS,))
+guard = TopicGuard((ALERTS, CONFIG))

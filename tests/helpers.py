@@ -117,9 +117,15 @@ def make_worker(broker: EmbeddedBroker, workdir: Path, prefix: str, **env: str) 
 
 
 def read_topic(
-    broker: EmbeddedBroker, topic: str, expect: int, timeout: float = 30.0, settle: float = 2.0
+    broker: EmbeddedBroker,
+    topic: str,
+    expect: int,
+    timeout: float = 30.0,
+    settle: float = 2.0,
+    raw: bool = False,
 ) -> list[dict[str, Any]]:
-    """Every record of ``topic`` from the beginning, as dicts with key, partition and value.
+    """Every record of ``topic`` from the beginning, as dicts with key, partition and value
+    (parsed JSON, or with ``raw`` the bytes, None for a tombstone).
 
     Reads until ``expect`` records arrived (or ``timeout``), then keeps polling for
     ``settle`` seconds so that extra records (duplicates) would be seen too.
@@ -156,7 +162,7 @@ def read_topic(
                             "offset": msg.offset,
                             "key": msg.key.decode() if msg.key else None,
                             "timestamp": msg.timestamp,
-                            "value": json.loads(msg.value),
+                            "value": msg.value if raw else json.loads(msg.value),
                         }
                     )
     finally:

@@ -1,0 +1,1 @@
+"""Receivers and configs from notification-manager's custom resources: sources, view, selection."""

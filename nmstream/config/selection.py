@@ -1,0 +1,162 @@
+"""Which receivers get an alert, and with which config: notification-manager's rules, no I/O.
+
+- An alert's tenants come from its ``namespace`` label: with ``tenantKey: user`` they are the
+  User subjects of that namespace's RoleBindings, with any other key the namespace itself.
+- Global receivers (matching ``globalReceiverSelector``) get every alert; tenant receivers
+  (matching ``tenantReceiverSelector`` and labelled ``<tenantKey>: <tenant>``) get only their
+  tenants' alerts; alerts without a namespace go to global receivers only.
+- A receiver's config: for a global receiver, a default config (``defaultConfigSelector``)
+  matching its ``xxxConfigSelector`` (any default config without one); for a tenant receiver,
+  its tenant's configs matching its selector, else a default config.
+- ``alertSelector`` filters what a receiver gets. Ties between configs go to the first by name.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from nmstream.config.models import LabelSelector, RoleBinding
+
+Scope = Literal["global", "tenant", "none"]
+NAMESPACE_LABEL = "namespace"
+USER_TENANT_KEY = "user"
+
+
+def _type_selector(value: str) -> LabelSelector:
+    return LabelSelector.model_validate({"matchLabels": {"type": value}})
+
+
+@dataclass(frozen=True)
+class Tenancy:
+    """The NotificationManager's tenancy settings (defaults as in notification-manager's docs)."""
+
+    tenant_key: str = USER_TENANT_KEY
+    global_receivers: LabelSelector = field(
+        default_factory=lambda: _type_selector("global")
+    )
+    tenant_receivers: LabelSelector = field(
+        default_factory=lambda: _type_selector("tenant")
+    )
+    default_configs: LabelSelector = field(
+        default_factory=lambda: _type_selector("default")
+    )
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """Everything selection looks at: receivers and configs per channel, and RoleBindings."""
+
+    tenancy: Tenancy
+    receivers: Sequence[Any]
+    configs: Sequence[Any]
+    role_bindings: Mapping[str, Sequence[RoleBinding]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Selected:
+    """A receiver that gets the alert, the config it sends with, and its tenant (None: global)."""
+
+    receiver: Any
+    config: Any
+    tenant: str | None
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """A receiver that would get the alert but cannot send it, and why."""
+
+    receiver: Any
+    reason: str
+
+
+@dataclass(frozen=True)
+class Selection:
+    """The outcome for one alert."""
+
+    tenants: frozenset[str]
+    selected: tuple[Selected, ...]
+    skipped: tuple[Skipped, ...]
+
+
+def channel_of(resource: Any) -> str:
+    """``EmailReceiver`` / ``EmailConfig`` → ``email``."""
+    kind: str = resource.kind
+    return kind.removesuffix("Receiver").removesuffix("Config").lower()
+
+
+def tenants_of(
+    labels: Mapping[str, str], tenancy: Tenancy, role_bindings: Mapping[str, Sequence[RoleBinding]]
+) -> frozenset[str]:
+    """The tenants an alert belongs to; empty when it has no namespace."""
+    namespace = labels.get(NAMESPACE_LABEL)
+    if not namespace:
+        return frozenset()
+    if tenancy.tenant_key != USER_TENANT_KEY:
+        return frozenset({namespace})
+    return frozenset(
+        subject.name
+        for binding in role_bindings.get(namespace, ())
+        for subject in binding.subjects
+        if subject.kind == "User"
+    )
+
+
+def receiver_scope(receiver: Any, tenancy: Tenancy) -> tuple[Scope, str | None]:
+    """Whether a receiver is global, a tenant's (and whose), or neither (never routed to)."""
+    labels = receiver.metadata.labels
+    if tenancy.global_receivers.matches(labels):
+        return "global", None
+    tenant = labels.get(tenancy.tenant_key)
+    if tenant and tenancy.tenant_receivers.matches(labels):
+        return "tenant", tenant
+    return "none", None
+
+
+def _first_by_name(configs: Iterable[Any], selector: LabelSelector | None) -> Any:
+    matching = [c for c in configs if selector is None or selector.matches(c.metadata.labels)]
+    return min(matching, key=lambda c: c.metadata.name, default=None)
+
+
+def config_for(receiver: Any, tenant: str | None, snapshot: Snapshot) -> Any:
+    """The config a receiver sends with, or None when it has no usable one."""
+    tenancy = snapshot.tenancy
+    channel = channel_of(receiver)
+    same_channel = [c for c in snapshot.configs if channel_of(c) == channel]
+    defaults = [c for c in same_channel if tenancy.default_configs.matches(c.metadata.labels)]
+    selector = receiver.spec.config_selector()
+    if tenant is None:
+        return _first_by_name(defaults, selector)
+    if selector is not None:
+        own = [
+            c
+            for c in same_channel
+            if tenancy.tenant_receivers.matches(c.metadata.labels)
+            and c.metadata.labels.get(tenancy.tenant_key) == tenant
+        ]
+        found = _first_by_name(own, selector)
+        if found is not None:
+            return found
+    return _first_by_name(defaults, None)
+
+
+def select(labels: Mapping[str, str], snapshot: Snapshot) -> Selection:
+    """Receivers (with configs) that get an alert with these labels."""
+    tenancy = snapshot.tenancy
+    tenants = tenants_of(labels, tenancy, snapshot.role_bindings)
+    selected: list[Selected] = []
+    skipped: list[Skipped] = []
+    for receiver in sorted(snapshot.receivers, key=lambda r: (r.kind, r.metadata.name)):
+        scope, tenant = receiver_scope(receiver, tenancy)
+        if scope == "none" or (scope == "tenant" and tenant not in tenants):
+            continue
+        alert_selector = receiver.spec.alert_selector
+        if alert_selector is not None and not alert_selector.matches(labels):
+            continue
+        config = config_for(receiver, tenant, snapshot)
+        if config is None:
+            skipped.append(Skipped(receiver, f"no {channel_of(receiver)} config matches"))
+        else:
+            selected.append(Selected(receiver, config, tenant))
+    return Selection(tenants, tuple(selected), tuple(skipped))

@@ -1,0 +1,157 @@
+"""Directory mode → nmstream-config → every worker's receivers view, on the real broker."""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from nmstream.broker import EmbeddedBroker
+from tests.helpers import Worker, make_worker, read_topic
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+def receivers(worker: Worker, tenant: str | None = None) -> dict[str, Any]:
+    path = "/api/v2/receivers" + (f"?tenant={tenant}" if tenant else "")
+    response = worker.get(path)
+    assert response.status_code == 200, response.text
+    body: dict[str, Any] = response.json()
+    return body
+
+
+def wait_for(worker: Worker, check: Callable[[dict[str, Any]], bool], timeout: float = 20.0,
+             tenant: str | None = None) -> dict[str, Any]:
+    """Poll /api/v2/receivers until ``check`` holds."""
+    deadline = time.monotonic() + timeout
+    body = receivers(worker, tenant)
+    while not check(body):
+        assert time.monotonic() < deadline, f"view never matched: {body}\n{worker.log_tail()}"
+        time.sleep(0.2)
+        body = receivers(worker, tenant)
+    return body
+
+
+def names(body: dict[str, Any]) -> set[str]:
+    return {r["name"] for r in body["receivers"]}
+
+
+def config_dir(tmp_path: Path) -> Path:
+    target = tmp_path / "config"
+    shutil.copytree(EXAMPLES, target)
+    return target
+
+
+EXAMPLE_RECEIVERS = {"global-email-receiver", "global-webhook-receiver",
+                     "kube-system-slack-receiver", "auditing-email-receiver"}
+
+
+def test_examples_become_the_view_and_follow_edits(
+    broker: EmbeddedBroker, tmp_path: Path, prefix: str
+) -> None:
+    directory = config_dir(tmp_path)
+    worker = make_worker(broker, tmp_path, prefix, NMSTREAM_CONFIG_DIR=str(directory)).start()
+    try:
+        body = wait_for(worker, lambda b: names(b) == EXAMPLE_RECEIVERS)
+        assert body["tenantKey"] == "namespace"
+        by_name = {r["name"]: r for r in body["receivers"]}
+        assert by_name["global-email-receiver"]["scope"] == "global"
+        assert by_name["global-email-receiver"]["config"] == "default-email-config"
+        assert by_name["kube-system-slack-receiver"]["tenant"] == "kube-system"
+        assert by_name["kube-system-slack-receiver"]["config"] == "default-slack-config"
+        assert names(receivers(worker, "kube-system")) == {"kube-system-slack-receiver"}
+
+        # add a file
+        (directory / "team.yaml").write_text(yaml.safe_dump({
+            "apiVersion": "notification.kubesphere.io/v2alpha1", "kind": "WebhookReceiver",
+            "metadata": {"name": "team-a-webhook", "labels": {"type": "tenant",
+                                                              "namespace": "team-a"}},
+            "spec": {"url": "http://127.0.0.1:18080/team-a"},
+        }))
+        wait_for(worker, lambda b: "team-a-webhook" in names(b))
+        assert names(receivers(worker, "team-a")) == {"team-a-webhook"}
+
+        # edit it
+        text = (directory / "team.yaml").read_text().replace("/team-a", "/team-a-v2")
+        (directory / "team.yaml").write_text(text)
+        wait_for(worker, lambda b: any(r["spec"].get("url", "").endswith("/team-a-v2")
+                                       for r in b["receivers"]))
+
+        # an invalid resource is reported with its field; the rest keeps working
+        (directory / "broken.yaml").write_text(yaml.safe_dump({
+            "apiVersion": "notification.kubesphere.io/v2alpha1", "kind": "EmailConfig",
+            "metadata": {"name": "broken-email", "labels": {"type": "default"}},
+            "spec": {"from": "x@example.org"},
+        }))
+        body = wait_for(worker, lambda b: "EmailConfig//broken-email" in b["problems"])
+        assert "smartHost" in body["problems"]["EmailConfig//broken-email"]
+        assert names(body) == EXAMPLE_RECEIVERS | {"team-a-webhook"}
+
+        # delete a file
+        (directory / "team.yaml").unlink()
+        wait_for(worker, lambda b: names(b) == EXAMPLE_RECEIVERS)
+    finally:
+        worker.stop()
+
+
+def test_topic_carries_tombstones_and_never_secret_values(
+    broker: EmbeddedBroker, tmp_path: Path, prefix: str
+) -> None:
+    directory = config_dir(tmp_path)
+    worker = make_worker(broker, tmp_path, prefix, NMSTREAM_CONFIG_DIR=str(directory)).start()
+    try:
+        wait_for(worker, lambda b: names(b) == EXAMPLE_RECEIVERS)
+        (directory / "receivers.yaml").unlink()
+        wait_for(worker, lambda b: names(b) == set())
+    finally:
+        worker.stop()
+    records = read_topic(broker, f"{prefix}-config", expect=1, raw=True)
+    keys = [r["key"] for r in records]
+    assert "Secret/kubesphere-monitoring-system/default-email-secret" in keys
+    tombstones = {r["key"] for r in records if r["value"] is None}
+    assert tombstones == {f"{kind}//{name}" for kind, name in [
+        ("EmailReceiver", "global-email-receiver"), ("WebhookReceiver", "global-webhook-receiver"),
+        ("SlackReceiver", "kube-system-slack-receiver"),
+        ("EmailReceiver", "auditing-email-receiver")]}
+    everything = b"".join(r["value"] or b"" for r in records)
+    for secret in (b"example-password", b"xoxb-example-token", b"example-appsecret"):
+        assert secret not in everything
+    import base64
+    assert base64.b64encode(b"example-password") not in everything
+
+
+def test_two_workers_see_the_same_receivers_and_a_restart_loses_no_update(
+    broker: EmbeddedBroker, tmp_path: Path, prefix: str
+) -> None:
+    directory = config_dir(tmp_path)
+    first = make_worker(broker, tmp_path / "a", prefix, NMSTREAM_CONFIG_DIR=str(directory))
+    second = make_worker(broker, tmp_path / "b", prefix, NMSTREAM_CONFIG_DIR=str(directory))
+    first.start()
+    second.start()
+    try:
+        for w in (first, second):
+            wait_for(w, lambda b: names(b) == EXAMPLE_RECEIVERS, timeout=40)
+        # 60 more receivers, one file each, then compare both views
+        for i in range(60):
+            (directory / f"r{i}.yaml").write_text(yaml.safe_dump({
+                "apiVersion": "notification.kubesphere.io/v2alpha1", "kind": "WebhookReceiver",
+                "metadata": {"name": f"bulk-{i}", "labels": {"type": "global"}},
+                "spec": {"url": f"http://127.0.0.1:18080/{i}"},
+            }))
+        expected = EXAMPLE_RECEIVERS | {f"bulk-{i}" for i in range(60)}
+        views = [wait_for(w, lambda b: names(b) == expected, timeout=40) for w in (first, second)]
+        assert views[0]["receivers"] == views[1]["receivers"]
+
+        # kill -9 one worker, restart it: its view is rebuilt from the topic exactly
+        second.stop(signal.SIGKILL)
+        second.start()
+        rebuilt = wait_for(second, lambda b: b["synced"], timeout=40)
+        assert names(rebuilt) == expected
+    finally:
+        first.stop()
+        second.stop()
