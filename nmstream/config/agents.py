@@ -66,7 +66,7 @@ def make_source(emit: Any) -> Source | None:
     if settings.kubernetes:
         from nmstream.config.kube import KubeWatcher, load_api_client
 
-        return KubeWatcher(load_api_client(), emit)
+        return KubeWatcher(load_api_client(), emit, secret_namespace=settings.secret_namespace)
     return None
 
 
