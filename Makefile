@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 
 ## Embedded broker + one worker on this machine (Ctrl-C stops both).
 run: $(STAMP)
-	$(BIN)/nmstream dev --loglevel info
+	$(BIN)/nmstream dev --config-dir examples --loglevel info
 
 ## Lint, type-check, then the whole test suite against the real embedded broker.
 test: lint typecheck

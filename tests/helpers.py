@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -167,3 +168,32 @@ def read_topic(
                     )
     finally:
         consumer.close()
+
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+EXAMPLE_RECEIVERS = {"global-email-receiver", "global-webhook-receiver",
+                     "kube-system-slack-receiver", "auditing-email-receiver"}
+
+
+def receivers(worker: Worker, tenant: str | None = None) -> dict[str, Any]:
+    path = "/api/v2/receivers" + (f"?tenant={tenant}" if tenant else "")
+    response = worker.get(path)
+    assert response.status_code == 200, response.text
+    body: dict[str, Any] = response.json()
+    return body
+
+
+def wait_for(worker: Worker, check: Callable[[dict[str, Any]], bool], timeout: float = 20.0,
+             tenant: str | None = None) -> dict[str, Any]:
+    """Poll /api/v2/receivers until ``check`` holds."""
+    deadline = time.monotonic() + timeout
+    body = receivers(worker, tenant)
+    while not check(body):
+        assert time.monotonic() < deadline, f"view never matched: {body}\n{worker.log_tail()}"
+        time.sleep(0.2)
+        body = receivers(worker, tenant)
+    return body
+
+
+def names(body: dict[str, Any]) -> set[str]:
+    return {r["name"] for r in body["receivers"]}

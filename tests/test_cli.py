@@ -13,7 +13,7 @@ from pathlib import Path
 import requests
 
 from nmstream.broker import free_port, port_open
-from tests.helpers import FAST_GROUP, payload
+from tests.helpers import EXAMPLES, FAST_GROUP, payload
 
 
 def test_bad_setting_is_a_clear_message_not_a_traceback(tmp_path: Path) -> None:
@@ -30,6 +30,15 @@ def test_bad_setting_is_a_clear_message_not_a_traceback(tmp_path: Path) -> None:
     assert "Traceback" not in result.stderr
 
 
+def test_missing_config_dir_is_a_clear_message(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "nmstream", "worker", "--config-dir", str(tmp_path / "nope")],
+        cwd=tmp_path, capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode == 2
+    assert "--config-dir" in result.stderr and "not a directory" in result.stderr
+
+
 def test_dev_runs_broker_and_worker_and_ctrl_c_stops_both(tmp_path: Path) -> None:
     web_port = free_port()
     env = {
@@ -42,7 +51,7 @@ def test_dev_runs_broker_and_worker_and_ctrl_c_stops_both(tmp_path: Path) -> Non
     log_path = tmp_path / "dev.log"
     with log_path.open("wb") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "nmstream", "dev", "-l", "info"],
+            [sys.executable, "-m", "nmstream", "dev", "--config-dir", str(EXAMPLES), "-l", "info"],
             env=env, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT,
         )
     try:
@@ -60,6 +69,9 @@ def test_dev_runs_broker_and_worker_and_ctrl_c_stops_both(tmp_path: Path) -> Non
         response = requests.post(f"{url}/api/v2/alerts", data=payload("alert.json"), timeout=30)
         assert response.status_code == 200
         assert response.json()["alerts"] == 9
+        while len(requests.get(f"{url}/api/v2/receivers", timeout=5).json()["receivers"]) < 4:
+            assert time.monotonic() < deadline + 30, log_path.read_text()
+            time.sleep(0.2)
 
         match = re.search(r"embedded broker on 127\.0\.0\.1:(\d+)", log_path.read_text())
         assert match, log_path.read_text()

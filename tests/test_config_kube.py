@@ -10,9 +10,8 @@ import pytest
 import yaml
 
 from nmstream.broker import EmbeddedBroker
-from tests.helpers import make_worker, read_topic
+from tests.helpers import EXAMPLE_RECEIVERS, EXAMPLES, make_worker, names, read_topic, wait_for
 from tests.kube_server import KubeServer
-from tests.test_config_pipeline import EXAMPLE_RECEIVERS, EXAMPLES, names, wait_for
 
 
 @pytest.fixture

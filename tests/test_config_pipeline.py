@@ -4,51 +4,26 @@ from __future__ import annotations
 
 import shutil
 import signal
-import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import yaml
 
 from nmstream.broker import EmbeddedBroker
-from tests.helpers import Worker, make_worker, read_topic
-
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
-
-
-def receivers(worker: Worker, tenant: str | None = None) -> dict[str, Any]:
-    path = "/api/v2/receivers" + (f"?tenant={tenant}" if tenant else "")
-    response = worker.get(path)
-    assert response.status_code == 200, response.text
-    body: dict[str, Any] = response.json()
-    return body
-
-
-def wait_for(worker: Worker, check: Callable[[dict[str, Any]], bool], timeout: float = 20.0,
-             tenant: str | None = None) -> dict[str, Any]:
-    """Poll /api/v2/receivers until ``check`` holds."""
-    deadline = time.monotonic() + timeout
-    body = receivers(worker, tenant)
-    while not check(body):
-        assert time.monotonic() < deadline, f"view never matched: {body}\n{worker.log_tail()}"
-        time.sleep(0.2)
-        body = receivers(worker, tenant)
-    return body
-
-
-def names(body: dict[str, Any]) -> set[str]:
-    return {r["name"] for r in body["receivers"]}
+from tests.helpers import (
+    EXAMPLE_RECEIVERS,
+    EXAMPLES,
+    make_worker,
+    names,
+    read_topic,
+    receivers,
+    wait_for,
+)
 
 
 def config_dir(tmp_path: Path) -> Path:
     target = tmp_path / "config"
     shutil.copytree(EXAMPLES, target)
     return target
-
-
-EXAMPLE_RECEIVERS = {"global-email-receiver", "global-webhook-receiver",
-                     "kube-system-slack-receiver", "auditing-email-receiver"}
 
 
 def test_examples_become_the_view_and_follow_edits(

@@ -136,7 +136,7 @@ class HostPort(_Model):
     """SMTP server address; upstream's port is a string, numbers are accepted too."""
 
     host: str = Field(min_length=1)
-    port: int = Field(ge=1, le=65535)
+    port: int = Field(ge=1, le=65535, json_schema_extra={"x-kubernetes-int-or-string": True})
 
     @field_validator("port", mode="before")
     @classmethod
@@ -347,12 +347,24 @@ class Options(_Model):
     dingtalk: _ChannelOptions | None = None
 
 
-class ReceiversSpec(_Model):
-    """Tenancy: the tenant key and which receivers are global or a tenant's."""
+def _type_selector(value: str) -> LabelSelector:
+    return LabelSelector.model_validate({"matchLabels": {"type": value}})
 
-    tenant_key: str = Field(alias="tenantKey", min_length=1)
-    global_receiver_selector: LabelSelector = Field(alias="globalReceiverSelector")
-    tenant_receiver_selector: LabelSelector = Field(alias="tenantReceiverSelector")
+
+class ReceiversSpec(_Model):
+    """Tenancy: the tenant key and which receivers are global or a tenant's.
+
+    Defaults as notification-manager documents them: tenants by ``namespace``, global
+    receivers labelled ``type: global``, tenant receivers ``type: tenant``.
+    """
+
+    tenant_key: str = Field("namespace", alias="tenantKey", min_length=1)
+    global_receiver_selector: LabelSelector = Field(
+        default_factory=lambda: _type_selector("global"), alias="globalReceiverSelector"
+    )
+    tenant_receiver_selector: LabelSelector = Field(
+        default_factory=lambda: _type_selector("tenant"), alias="tenantReceiverSelector"
+    )
     options: Options | None = None
 
 

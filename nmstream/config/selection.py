@@ -17,31 +17,25 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from nmstream.config.models import LabelSelector, RoleBinding
+from nmstream.config.models import LabelSelector, ReceiversSpec, RoleBinding
 
 Scope = Literal["global", "tenant", "none"]
 NAMESPACE_LABEL = "namespace"
 USER_TENANT_KEY = "user"
 
 
-def _type_selector(value: str) -> LabelSelector:
-    return LabelSelector.model_validate({"matchLabels": {"type": value}})
+_DEFAULTS = ReceiversSpec()
+DEFAULT_CONFIGS = LabelSelector.model_validate({"matchLabels": {"type": "default"}})
 
 
 @dataclass(frozen=True)
 class Tenancy:
-    """The NotificationManager's tenancy settings (defaults as in notification-manager's docs)."""
+    """The NotificationManager's tenancy settings; defaults as a NotificationManager's."""
 
-    tenant_key: str = USER_TENANT_KEY
-    global_receivers: LabelSelector = field(
-        default_factory=lambda: _type_selector("global")
-    )
-    tenant_receivers: LabelSelector = field(
-        default_factory=lambda: _type_selector("tenant")
-    )
-    default_configs: LabelSelector = field(
-        default_factory=lambda: _type_selector("default")
-    )
+    tenant_key: str = _DEFAULTS.tenant_key
+    global_receivers: LabelSelector = _DEFAULTS.global_receiver_selector
+    tenant_receivers: LabelSelector = _DEFAULTS.tenant_receiver_selector
+    default_configs: LabelSelector = DEFAULT_CONFIGS
 
 
 @dataclass(frozen=True)

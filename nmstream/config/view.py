@@ -26,7 +26,7 @@ from nmstream.config.models import (
     RoleBinding,
     parse_resource,
 )
-from nmstream.config.selection import Snapshot, Tenancy
+from nmstream.config.selection import DEFAULT_CONFIGS, Snapshot, Tenancy
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +101,7 @@ class ConfigView:
                 tenant_key=spec.receivers.tenant_key,
                 global_receivers=spec.receivers.global_receiver_selector,
                 tenant_receivers=spec.receivers.tenant_receiver_selector,
-                default_configs=spec.default_config_selector or Tenancy().default_configs,
+                default_configs=spec.default_config_selector or DEFAULT_CONFIGS,
             )
         bindings: dict[str, list[RoleBinding]] = {}
         for rb in self._of((RoleBinding,)):
