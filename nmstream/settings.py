@@ -48,6 +48,10 @@ class Settings(BaseSettings):
         None, description="no-cluster mode: follow CR YAML files in this directory"
     )
     kubernetes: bool = Field(False, description="watch the CRs in the Kubernetes API")
+    namespace: str = Field(
+        "kubesphere-monitoring-system",
+        description="nmstream's own namespace: where secret references without one point",
+    )
     secret_namespace: str | None = Field(
         None, description="follow Secrets of this namespace only (default: every namespace)"
     )

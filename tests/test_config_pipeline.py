@@ -39,6 +39,8 @@ def test_examples_become_the_view_and_follow_edits(
         assert by_name["global-email-receiver"]["config"] == "default-email-config"
         assert by_name["kube-system-slack-receiver"]["tenant"] == "kube-system"
         assert by_name["kube-system-slack-receiver"]["config"] == "default-slack-config"
+        assert by_name["global-webhook-receiver"]["problem"] is None
+        assert "example-password" not in str(body)
         assert names(receivers(worker, "kube-system")) == {"kube-system-slack-receiver"}
 
         # add a file
@@ -66,6 +68,19 @@ def test_examples_become_the_view_and_follow_edits(
         body = wait_for(worker, lambda b: "EmailConfig//broken-email" in b["problems"])
         assert "smartHost" in body["problems"]["EmailConfig//broken-email"]
         assert names(body) == EXAMPLE_RECEIVERS | {"team-a-webhook"}
+
+        # a missing secret disables that receiver only, with the reason, until it appears
+        secrets = (directory / "secrets.yaml").read_text()
+        (directory / "secrets.yaml").write_text(secrets.replace("default-slack-secret",
+                                                                "renamed-slack-secret"))
+        body = wait_for(worker, lambda b: any(r["problem"] for r in b["receivers"]))
+        problems = {r["name"]: r["problem"] for r in body["receivers"] if r["problem"]}
+        assert problems == {"kube-system-slack-receiver": "secret kubesphere-monitoring-system/"
+                                                          "default-slack-secret not found"}
+        assert "receiver SlackReceiver/kube-system-slack-receiver cannot send" in (
+            worker.log_text())
+        (directory / "secrets.yaml").write_text(secrets)
+        wait_for(worker, lambda b: not any(r["problem"] for r in b["receivers"]))
 
         # delete a file
         (directory / "team.yaml").unlink()

@@ -247,3 +247,27 @@ def test_no_alert_of_one_tenant_reaches_another_tenants_receiver(
             assert config_labels["type"] == "default" or config_labels.get(key) == chosen.tenant
         if "namespace" not in labels:
             assert all(s.tenant is None for s in result.selected)
+
+
+def test_missing_secret_or_key_skips_only_that_receiver() -> None:
+    slack_cfg = config("SlackConfig", "default-slack", {"type": "default"})  # secret s/token
+    email_cfg = parse_resource({
+        "apiVersion": "notification.kubesphere.io/v2alpha1", "kind": "EmailConfig",
+        "metadata": {"name": "default-email", "labels": {"type": "default"}},
+        "spec": {"from": "a@b.c", "smartHost": {"host": "127.0.0.1", "port": "25"},
+                 "authPassword": {"name": "mail", "key": "password", "namespace": "other"}}})
+    rcvs = [GLOBAL_EMAIL, receiver("SlackReceiver", "slack", {"type": "global"})]
+    ns = "kubesphere-monitoring-system"
+
+    def outcome(secrets: dict[str, frozenset[str]]) -> tuple[list[str], list[str]]:
+        result = select({}, Snapshot(NS, rcvs, [slack_cfg, email_cfg], secrets=secrets,
+                                     secret_namespace=ns))
+        return ([s.receiver.metadata.name for s in result.selected],
+                [f"{s.receiver.metadata.name}: {s.reason}" for s in result.skipped])
+
+    assert outcome({f"{ns}/s": frozenset({"token"}), "other/mail": frozenset({"password"})}) == (
+        ["global-email", "slack"], [])
+    assert outcome({f"{ns}/s": frozenset({"token"})}) == (
+        ["slack"], ["global-email: secret other/mail not found"])
+    assert outcome({f"{ns}/s": frozenset({"tok"}), "other/mail": frozenset({"password"})}) == (
+        ["global-email"], [f"slack: secret {ns}/s has no key token"])

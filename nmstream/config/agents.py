@@ -53,7 +53,7 @@ class ConfigState:
         return problems
 
 
-_view = ConfigView()
+_view = ConfigView(secret_namespace=settings.namespace)
 state = ConfigState(_view, ConfigReader(settings.bootstrap_servers, CONFIG.name, _view))
 
 

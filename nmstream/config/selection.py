@@ -9,15 +9,19 @@
   matching its ``xxxConfigSelector`` (any default config without one); for a tenant receiver,
   its tenant's configs matching its selector, else a default config.
 - ``alertSelector`` filters what a receiver gets. Ties between configs go to the first by name.
+- A receiver whose config (or itself) references a Secret or key that does not exist is
+  skipped with the reason; other receivers are unaffected.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from nmstream.config.models import LabelSelector, ReceiversSpec, RoleBinding
+from pydantic import BaseModel
+
+from nmstream.config.models import LabelSelector, ReceiversSpec, RoleBinding, SecretKeySelector
 
 Scope = Literal["global", "tenant", "none"]
 NAMESPACE_LABEL = "namespace"
@@ -46,6 +50,10 @@ class Snapshot:
     receivers: Sequence[Any]
     configs: Sequence[Any]
     role_bindings: Mapping[str, Sequence[RoleBinding]] = field(default_factory=dict)
+    #: ``namespace/name`` of every known Secret → its keys; None: references are not checked.
+    secrets: Mapping[str, frozenset[str]] | None = None
+    #: Namespace of a secret reference that names none.
+    secret_namespace: str = "kubesphere-monitoring-system"
 
 
 @dataclass(frozen=True)
@@ -135,6 +143,43 @@ def config_for(receiver: Any, tenant: str | None, snapshot: Snapshot) -> Any:
     return _first_by_name(defaults, None)
 
 
+def secret_refs(model: BaseModel) -> Iterator[SecretKeySelector]:
+    """Every secret reference inside a spec."""
+    for name in type(model).model_fields:
+        value = getattr(model, name)
+        for item in value if isinstance(value, list) else [value]:
+            if isinstance(item, SecretKeySelector):
+                yield item
+            elif isinstance(item, BaseModel):
+                yield from secret_refs(item)
+
+
+def missing_secrets(receiver: Any, config: Any, snapshot: Snapshot) -> list[str]:
+    """What the receiver and its config reference but the cluster lacks."""
+    if snapshot.secrets is None:
+        return []
+    problems = []
+    for ref in (*secret_refs(receiver.spec), *secret_refs(config.spec)):
+        where = f"{ref.namespace or snapshot.secret_namespace}/{ref.name}"
+        keys = snapshot.secrets.get(where)
+        if keys is None:
+            problems.append(f"secret {where} not found")
+        elif ref.key not in keys:
+            problems.append(f"secret {where} has no key {ref.key}")
+    return problems
+
+
+def usable_config(receiver: Any, tenant: str | None, snapshot: Snapshot) -> tuple[Any, str]:
+    """The receiver's config, or None and the reason it cannot send."""
+    config = config_for(receiver, tenant, snapshot)
+    if config is None:
+        return None, f"no {channel_of(receiver)} config matches"
+    problems = missing_secrets(receiver, config, snapshot)
+    if problems:
+        return None, "; ".join(problems)
+    return config, ""
+
+
 def select(labels: Mapping[str, str], snapshot: Snapshot) -> Selection:
     """Receivers (with configs) that get an alert with these labels."""
     tenancy = snapshot.tenancy
@@ -148,9 +193,9 @@ def select(labels: Mapping[str, str], snapshot: Snapshot) -> Selection:
         alert_selector = receiver.spec.alert_selector
         if alert_selector is not None and not alert_selector.matches(labels):
             continue
-        config = config_for(receiver, tenant, snapshot)
+        config, reason = usable_config(receiver, tenant, snapshot)
         if config is None:
-            skipped.append(Skipped(receiver, f"no {channel_of(receiver)} config matches"))
+            skipped.append(Skipped(receiver, reason))
         else:
             selected.append(Selected(receiver, config, tenant))
     return Selection(tenants, tuple(selected), tuple(skipped))

@@ -26,7 +26,13 @@ from nmstream.config.models import (
     RoleBinding,
     parse_resource,
 )
-from nmstream.config.selection import DEFAULT_CONFIGS, Snapshot, Tenancy
+from nmstream.config.selection import (
+    DEFAULT_CONFIGS,
+    Snapshot,
+    Tenancy,
+    receiver_scope,
+    usable_config,
+)
 
 log = logging.getLogger(__name__)
 
@@ -62,8 +68,10 @@ def _field_path(exc: ValidationError) -> str:
 class ConfigView:
     """Objects by key, parsed; objects that fail validation are kept out with the reason."""
 
+    secret_namespace: str = "kubesphere-monitoring-system"
     objects: dict[str, Any] = field(default_factory=dict)
     problems: dict[str, str] = field(default_factory=dict)
+    _reported: dict[str, str] = field(default_factory=dict)
 
     def apply(self, key: str, value: bytes | None) -> None:
         """Apply one topic record (last one per key wins; None deletes)."""
@@ -95,8 +103,10 @@ class ConfigView:
 
         managers = sorted(self._of((NotificationManager,)), key=lambda m: m.metadata.name)
         tenancy = Tenancy()
+        secret_namespace = self.secret_namespace
         if managers:
             spec = managers[0].spec
+            secret_namespace = spec.default_secret_namespace or secret_namespace
             tenancy = Tenancy(
                 tenant_key=spec.receivers.tenant_key,
                 global_receivers=spec.receivers.global_receiver_selector,
@@ -106,12 +116,60 @@ class ConfigView:
         bindings: dict[str, list[RoleBinding]] = {}
         for rb in self._of((RoleBinding,)):
             bindings.setdefault(rb.metadata.namespace or "", []).append(rb)
+        secrets = {
+            f"{o['metadata'].get('namespace')}/{o['metadata']['name']}": frozenset(
+                o.get("dataDigest") or {}
+            )
+            for o in self.objects.values()
+            if isinstance(o, dict) and o.get("kind") == "Secret"
+        }
         return Snapshot(
             tenancy=tenancy,
             receivers=self._of(tuple(RECEIVER_KINDS.values())),
             configs=self._of(tuple(CONFIG_KINDS.values())),
             role_bindings=bindings,
+            secrets=secrets,
+            secret_namespace=secret_namespace,
         )
+
+    def receiver_states(self) -> list[ReceiverState]:
+        """Every receiver with its scope, tenant, config and why it cannot send (if so)."""
+        snapshot = self.snapshot()
+        states = []
+        for receiver in sorted(snapshot.receivers, key=lambda r: (r.kind, r.metadata.name)):
+            scope, tenant = receiver_scope(receiver, snapshot.tenancy)
+            config, problem = (
+                usable_config(receiver, tenant, snapshot)
+                if scope != "none"
+                else (None, "matches neither the global nor the tenant receiver selector")
+            )
+            states.append(ReceiverState(receiver, scope, tenant, config, problem))
+        return states
+
+    def report(self) -> None:
+        """Log each receiver's configuration error once, and when it is fixed."""
+        current = {
+            f"{s.receiver.kind}/{s.receiver.metadata.name}": s.problem
+            for s in self.receiver_states()
+            if s.problem
+        }
+        for name, problem in current.items():
+            if self._reported.get(name) != problem:
+                log.warning("receiver %s cannot send: %s", name, problem)
+        for name in self._reported.keys() - current.keys():
+            log.info("receiver %s is usable again", name)
+        self._reported = current
+
+
+@dataclass(frozen=True)
+class ReceiverState:
+    """One receiver as the view sees it."""
+
+    receiver: Any
+    scope: str
+    tenant: str | None
+    config: Any
+    problem: str
 
 
 class ConfigReader:
@@ -142,6 +200,8 @@ class ConfigReader:
                 for records in batches.values():
                     for record in records:
                         self.view.apply(record.key.decode(), record.value)
+                if batches:
+                    self.view.report()
                 if not self.synced.is_set() and await _caught_up(consumer, tps):
                     self.synced.set()
         finally:

@@ -8,7 +8,7 @@ from faust.web import Request, Response, View
 
 from nmstream.app import app
 from nmstream.config.agents import state
-from nmstream.config.selection import channel_of, config_for, receiver_scope
+from nmstream.config.selection import channel_of
 
 SECRET_WORDS = ("password", "secret", "token", "appkey", "webhook")
 
@@ -32,27 +32,25 @@ class Receivers(View):
 
     async def get(self, request: Request) -> Response:
         """The view as JSON, plus the resources that failed validation."""
-        snapshot = state.view.snapshot()
         wanted = request.query.get("tenant")
-        receivers = []
-        for receiver in sorted(snapshot.receivers, key=lambda r: (r.kind, r.metadata.name)):
-            scope, tenant = receiver_scope(receiver, snapshot.tenancy)
-            if wanted is not None and tenant != wanted:
-                continue
-            chosen = config_for(receiver, tenant, snapshot) if scope != "none" else None
-            receivers.append({
-                "kind": receiver.kind,
-                "name": receiver.metadata.name,
-                "channel": channel_of(receiver),
-                "scope": scope,
-                "tenant": tenant,
-                "labels": receiver.metadata.labels,
-                "config": chosen.metadata.name if chosen is not None else None,
-                "spec": redact(receiver.spec.model_dump(by_alias=True, exclude_none=True)),
-            })
+        receivers = [
+            {
+                "kind": st.receiver.kind,
+                "name": st.receiver.metadata.name,
+                "channel": channel_of(st.receiver),
+                "scope": st.scope,
+                "tenant": st.tenant,
+                "labels": st.receiver.metadata.labels,
+                "config": st.config.metadata.name if st.config is not None else None,
+                "problem": st.problem or None,
+                "spec": redact(st.receiver.spec.model_dump(by_alias=True, exclude_none=True)),
+            }
+            for st in state.view.receiver_states()
+            if wanted is None or st.tenant == wanted
+        ]
         return self.json({
             "synced": state.reader.synced.is_set(),
-            "tenantKey": snapshot.tenancy.tenant_key,
+            "tenantKey": state.view.snapshot().tenancy.tenant_key,
             "receivers": receivers,
             "problems": dict(sorted(state.view.problems.items())),
             "sourceProblems": state.source_problems(),
