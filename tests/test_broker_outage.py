@@ -49,6 +49,13 @@ def assert_refused_with_503(worker: Worker, body: bytes) -> None:
     assert elapsed < PRODUCE_TIMEOUT + 5
 
 
+def started_worker(broker: EmbeddedBroker, tmp_path: Path, prefix: str) -> Worker:
+    """A ready worker with a short produce timeout, so refusals come quickly."""
+    return make_worker(
+        broker, tmp_path, prefix, NMSTREAM_PRODUCE_TIMEOUT=str(PRODUCE_TIMEOUT)
+    ).start()
+
+
 def markers_on_topic(broker: EmbeddedBroker, topic: str, expect: int) -> list[str]:
     return [r["value"]["alert"]["labels"]["marker"] for r in read_topic(broker, topic, expect)]
 
@@ -56,9 +63,7 @@ def markers_on_topic(broker: EmbeddedBroker, topic: str, expect: int) -> list[st
 def test_broker_stopped_gives_503_then_a_retry_lands(
     fresh_broker: EmbeddedBroker, tmp_path: Path, prefix: str
 ) -> None:
-    worker = make_worker(
-        fresh_broker, tmp_path, prefix, NMSTREAM_PRODUCE_TIMEOUT=str(PRODUCE_TIMEOUT)
-    ).start()
+    worker = started_worker(fresh_broker, tmp_path, prefix)
     try:
         assert worker.post("/api/v2/alerts", marked_alert("before")).status_code == 200
         fresh_broker.stop()
@@ -86,9 +91,7 @@ def test_broker_stopped_gives_503_then_a_retry_lands(
 def test_hanging_broker_gives_503_and_nothing_is_lost_after_it_resumes(
     fresh_broker: EmbeddedBroker, tmp_path: Path, prefix: str
 ) -> None:
-    worker = make_worker(
-        fresh_broker, tmp_path, prefix, NMSTREAM_PRODUCE_TIMEOUT=str(PRODUCE_TIMEOUT)
-    ).start()
+    worker = started_worker(fresh_broker, tmp_path, prefix)
     assert fresh_broker.process is not None
     pid = fresh_broker.process.pid
     try:

@@ -12,6 +12,7 @@ from nmstream.broker import EmbeddedBroker
 from tests.helpers import (
     EXAMPLE_RECEIVERS,
     EXAMPLES,
+    Worker,
     make_worker,
     names,
     read_topic,
@@ -20,17 +21,18 @@ from tests.helpers import (
 )
 
 
-def config_dir(tmp_path: Path) -> Path:
-    target = tmp_path / "config"
-    shutil.copytree(EXAMPLES, target)
-    return target
+def examples_worker(broker: EmbeddedBroker, tmp_path: Path, prefix: str) -> tuple[Worker, Path]:
+    """A ready worker following a copy of ``examples/``, and that copy."""
+    directory = tmp_path / "config"
+    shutil.copytree(EXAMPLES, directory)
+    worker = make_worker(broker, tmp_path, prefix, NMSTREAM_CONFIG_DIR=str(directory)).start()
+    return worker, directory
 
 
 def test_examples_become_the_view_and_follow_edits(
     broker: EmbeddedBroker, tmp_path: Path, prefix: str
 ) -> None:
-    directory = config_dir(tmp_path)
-    worker = make_worker(broker, tmp_path, prefix, NMSTREAM_CONFIG_DIR=str(directory)).start()
+    worker, directory = examples_worker(broker, tmp_path, prefix)
     try:
         body = wait_for(worker, lambda b: names(b) == EXAMPLE_RECEIVERS)
         assert body["tenantKey"] == "namespace"
@@ -92,8 +94,7 @@ def test_examples_become_the_view_and_follow_edits(
 def test_topic_carries_tombstones_and_never_secret_values(
     broker: EmbeddedBroker, tmp_path: Path, prefix: str
 ) -> None:
-    directory = config_dir(tmp_path)
-    worker = make_worker(broker, tmp_path, prefix, NMSTREAM_CONFIG_DIR=str(directory)).start()
+    worker, directory = examples_worker(broker, tmp_path, prefix)
     try:
         wait_for(worker, lambda b: names(b) == EXAMPLE_RECEIVERS)
         (directory / "receivers.yaml").unlink()
@@ -118,7 +119,8 @@ def test_topic_carries_tombstones_and_never_secret_values(
 def test_two_workers_see_the_same_receivers_and_a_restart_loses_no_update(
     broker: EmbeddedBroker, tmp_path: Path, prefix: str
 ) -> None:
-    directory = config_dir(tmp_path)
+    directory = tmp_path / "config"
+    shutil.copytree(EXAMPLES, directory)
     first = make_worker(broker, tmp_path / "a", prefix, NMSTREAM_CONFIG_DIR=str(directory))
     second = make_worker(broker, tmp_path / "b", prefix, NMSTREAM_CONFIG_DIR=str(directory))
     first.start()
