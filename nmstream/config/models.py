@@ -123,6 +123,7 @@ class _ReceiverSpec(_Model):
     """What every receiver has: a config selector (named per channel) and an alert filter."""
 
     alert_selector: LabelSelector | None = Field(None, alias="alertSelector")
+    template: str | None = Field(None, description="the message template's name")
 
     def config_selector(self) -> LabelSelector | None:
         """The receiver's ``xxxConfigSelector``."""
@@ -162,6 +163,7 @@ class EmailReceiverSpec(_ReceiverSpec):
     """Recipient addresses."""
 
     to: list[str] = Field(min_length=1)
+    subject_template: str | None = Field(None, alias="subjectTemplate")
     email_config_selector: LabelSelector | None = Field(None, alias="emailConfigSelector")
 
     def config_selector(self) -> LabelSelector | None:

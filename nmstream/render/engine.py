@@ -1,0 +1,215 @@
+"""Jinja2 rendering of alert groups, with notification-manager's template names and precedence.
+
+A template is a file ``<name>.j2``: the defaults live in ``nmstream/render/templates``; user
+templates (``options.global.templateFile``: directories, e.g. a mounted ConfigMap) come first
+and are reloaded when their files change (Jinja checks modification times on every lookup).
+Templates run sandboxed, with undefined names an error, so a broken user template fails its
+notification instead of sending something half-rendered.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jinja2
+from jinja2.sandbox import SandboxedEnvironment
+
+from nmstream.config.models import NotificationManager
+from nmstream.ingest.models import Alert
+from nmstream.routing.models import AlertGroup
+
+DEFAULTS = Path(__file__).parent / "templates"
+SUFFIX = ".j2"
+
+#: Per channel: (subject template, body template) when nothing else is configured.
+DEFAULT_TEMPLATES: dict[str, tuple[str | None, str]] = {
+    "email": ("nm.default.subject", "nm.default.html"),
+    "webhook": (None, "webhook.default.message"),
+    "slack": (None, "nm.default.text"),
+    "wechat": (None, "nm.default.text"),
+    "dingtalk": (None, "nm.default.text"),
+}
+#: Largest message body a channel accepts, and how it is measured.
+LIMITS: dict[str, tuple[int, Callable[[str], int]]] = {
+    "wechat": (2048, lambda text: len(text.encode())),
+    "dingtalk": (20000, lambda text: len(text.encode())),
+    "slack": (40000, len),
+}
+TRUNCATED = "\n…(truncated)"
+
+
+class TemplateError(Exception):
+    """A template is missing or failed to render; the notification goes to the DLQ."""
+
+
+class _Loader(jinja2.FileSystemLoader):
+    """Looks ``name`` up as ``name.j2`` in the user directories, then the defaults."""
+
+    def get_source(
+        self, environment: jinja2.Environment, template: str
+    ) -> tuple[str, str, Callable[[], bool]]:
+        return super().get_source(environment, template + SUFFIX)
+
+
+def sorted_pairs(mapping: Mapping[str, str]) -> list[tuple[str, str]]:
+    """``(name, value)`` sorted by name, like Alertmanager's ``SortedPairs``."""
+    return sorted(mapping.items())
+
+
+class AlertList(list[Alert]):
+    """The group's alerts, with ``.firing`` and ``.resolved`` as templates expect."""
+
+    @property
+    def firing(self) -> list[Alert]:
+        """Alerts still firing."""
+        return [a for a in self if a.status != "resolved"]
+
+    @property
+    def resolved(self) -> list[Alert]:
+        """Resolved alerts."""
+        return [a for a in self if a.status == "resolved"]
+
+
+def _common(mappings: Sequence[Mapping[str, str]]) -> dict[str, str]:
+    if not mappings:
+        return {}
+    first = mappings[0]
+    return {k: v for k, v in first.items() if all(m.get(k) == v for m in mappings[1:])}
+
+
+def webhook_payload(group: AlertGroup, alerts: Sequence[Alert], status: str) -> dict[str, Any]:
+    """The group in Alertmanager's webhook v4 shape."""
+    return {
+        "version": "4",
+        "groupKey": group.group_id,
+        "truncatedAlerts": 0,
+        "status": status,
+        "receiver": group.receiver.name,
+        "groupLabels": group.group_labels,
+        "commonLabels": _common([a.labels for a in alerts]),
+        "commonAnnotations": _common([a.annotations for a in alerts]),
+        "externalURL": group.external_url or "",
+        "alerts": [a.model_dump(mode="json", by_alias=True) for a in alerts],
+    }
+
+
+def template_data(group: AlertGroup, alerts: Sequence[Alert]) -> dict[str, Any]:
+    """What a template sees."""
+    listed = AlertList(alerts)
+    status = "firing" if listed.firing else "resolved"
+    return {
+        "alerts": listed,
+        "group_labels": group.group_labels,
+        "common_labels": _common([a.labels for a in alerts]),
+        "common_annotations": _common([a.annotations for a in alerts]),
+        "status": status,
+        "receiver": group.receiver.name,
+        "tenant": group.receiver.tenant,
+        "external_url": group.external_url,
+        "webhook_payload": webhook_payload(group, alerts, status),
+    }
+
+
+@dataclass(frozen=True)
+class Choice:
+    """The templates a receiver's notifications use."""
+
+    subject: str | None
+    body: str
+
+
+def choose(channel: str, receiver_spec: Any, manager: NotificationManager | None) -> Choice:
+    """notification-manager's precedence: receiver > options.<channel> > options.global >
+    default; email also has a subject template, chosen the same way."""
+    default_subject, default_body = DEFAULT_TEMPLATES[channel]
+    options = manager.spec.receivers.options if manager is not None else None
+    channel_options = getattr(options, channel, None) if options is not None else None
+    global_options = options.global_ if options is not None else None
+    body = (
+        getattr(receiver_spec, "template", None)
+        or getattr(channel_options, "template", None)
+        or getattr(global_options, "template", None)
+        or default_body
+    )
+    subject = default_subject and (
+        getattr(receiver_spec, "subject_template", None)
+        or getattr(channel_options, "subject_template", None)
+        or default_subject
+    )
+    return Choice(subject, body)
+
+
+@dataclass(frozen=True)
+class Message:
+    """One rendered message: subject (email only), body, and the alerts it carries."""
+
+    subject: str | None
+    body: str
+    alerts: tuple[Alert, ...]
+
+
+class Renderer:
+    """Renders groups with the default templates and the user's template directories."""
+
+    def __init__(self, user_dirs: Sequence[str | os.PathLike[str]] = ()) -> None:
+        self.user_dirs = [Path(d) for d in user_dirs]
+        self.env = SandboxedEnvironment(
+            loader=_Loader([*self.user_dirs, DEFAULTS]),
+            undefined=jinja2.StrictUndefined,
+            autoescape=lambda name: name is not None and name.endswith("html" + SUFFIX),
+            auto_reload=True,
+        )
+        self.env.filters["sorted_pairs"] = sorted_pairs
+
+    def render_one(self, name: str, data: Mapping[str, Any]) -> str:
+        """Render template ``name``; any failure is a :class:`TemplateError` naming it."""
+        try:
+            return self.env.get_template(name).render(data)
+        except jinja2.TemplateNotFound as exc:
+            raise TemplateError(f"template {name!r} not found") from exc
+        except Exception as exc:  # syntax, undefined, sandbox, anything a template raises
+            raise TemplateError(f"template {name!r} failed: {type(exc).__name__}: {exc}") from exc
+
+    def _message(self, choice: Choice, group: AlertGroup, alerts: Sequence[Alert]) -> Message:
+        data = template_data(group, alerts)
+        subject = self.render_one(choice.subject, data) if choice.subject else None
+        body = self.render_one(choice.body, {**data, "subject": subject or ""})
+        return Message(subject, body, tuple(alerts))
+
+    def render(self, channel: str, choice: Choice, group: AlertGroup) -> list[Message]:
+        """The group's messages: one, or several when the channel's size limit requires,
+        each carrying whole alerts; a single alert too large alone is truncated, never
+        dropped."""
+        whole = self._message(choice, group, group.alerts)
+        limit = LIMITS.get(channel)
+        if limit is None or limit[1](whole.body) <= limit[0]:
+            return [whole]
+        size_limit, measure = limit
+        messages: list[Message] = []
+        pending: list[Alert] = []
+        for alert in group.alerts:
+            candidate = self._message(choice, group, [*pending, alert])
+            if measure(candidate.body) <= size_limit:
+                pending.append(alert)
+                continue
+            if pending:
+                messages.append(self._message(choice, group, pending))
+            pending = [alert]
+        if pending:
+            messages.append(self._message(choice, group, pending))
+        return [self._fit(m, size_limit, measure) for m in messages]
+
+    @staticmethod
+    def _fit(message: Message, size_limit: int, measure: Callable[[str], int]) -> Message:
+        body = message.body
+        while measure(body) > size_limit:
+            excess = measure(body) - size_limit + measure(TRUNCATED)
+            body = body[: max(len(body) - excess, 0)]
+            if measure(body + TRUNCATED) <= size_limit:
+                body += TRUNCATED
+                break
+        return Message(message.subject, body, message.alerts)

@@ -1,0 +1,1 @@
+"""Routing: alerts → the receivers that get them → groups ready to render."""

@@ -1,0 +1,68 @@
+"""Records of the routing stages: ``nmstream-routed`` (one alert for one receiver) and
+``nmstream-groups`` (a flushed group of alerts for one receiver)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from nmstream.ingest.models import Alert, AlertRecord
+
+
+class _Record(BaseModel):
+    model_config = ConfigDict(populate_by_name=True, extra="ignore", frozen=True)
+
+    def to_bytes(self) -> bytes:
+        """The topic encoding."""
+        return self.model_dump_json(by_alias=True).encode()
+
+
+class ReceiverRef(_Record):
+    """Which receiver, resolved at routing time: its config by reference, never secrets."""
+
+    kind: str
+    name: str
+    channel: str
+    tenant: str | None
+    config_kind: str
+    config_name: str
+    targets: dict[str, Any] = Field(description="channel-specific recipients")
+
+    @property
+    def key(self) -> str:
+        """``kind/name``."""
+        return f"{self.kind}/{self.name}"
+
+
+def group_id(receiver: ReceiverRef, group_labels: dict[str, str]) -> str:
+    """Stable id of one receiver's group: the partition key of the grouping stage."""
+    material = json.dumps([receiver.key, sorted(group_labels.items())]).encode()
+    return hashlib.sha256(material).hexdigest()[:24]
+
+
+class RoutedAlert(_Record):
+    """One alert for one receiver (``nmstream-routed``, key = group id)."""
+
+    schema_version: Literal[1] = 1
+    group_id: str
+    group_labels: dict[str, str]
+    receiver: ReceiverRef
+    record: AlertRecord
+    routed_at: datetime
+
+
+class AlertGroup(_Record):
+    """Alerts of one group for one receiver, flushed together (``nmstream-groups``)."""
+
+    schema_version: Literal[1] = 1
+    group_id: str
+    group_labels: dict[str, str]
+    receiver: ReceiverRef
+    alerts: list[Alert]
+    source_receiver: str | None = Field(None, description="Alertmanager's receiver name")
+    external_url: str | None = None
+    flushed_at: datetime

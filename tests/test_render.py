@@ -1,0 +1,178 @@
+"""Rendering: golden outputs of the default templates, precedence, user templates, limits."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from nmstream.config.models import NotificationManager, parse_resource
+from nmstream.ingest.models import AlertRecord, WebhookPayload
+from nmstream.render.engine import LIMITS, Choice, Renderer, TemplateError, choose
+from nmstream.routing.models import AlertGroup, ReceiverRef
+from tests.helpers import payload
+
+GOLDEN = Path(__file__).parent / "data" / "golden"
+NOW = datetime(2026, 1, 1, tzinfo=UTC)
+PAYLOADS = ["alert.json", "alert1.json", "alerts-without-namespace.json", "alert-auditing.json"]
+
+
+def group_of(name: str, channel: str = "slack") -> AlertGroup:
+    parsed = WebhookPayload.model_validate_json(payload(name))
+    records = [AlertRecord.build(a, parsed.context(), "req", NOW) for a in parsed.alerts]
+    ref = ReceiverRef(kind="X", name="golden", channel=channel, tenant=None, config_kind="Y",
+                      config_name="c", targets={})
+    return AlertGroup(group_id="g1", group_labels=parsed.group_labels, receiver=ref,
+                      alerts=[r.alert for r in records], external_url=parsed.external_url,
+                      flushed_at=NOW)
+
+
+def check_golden(name: str, text: str) -> None:
+    """Compare with the reviewed file; NMSTREAM_UPDATE_GOLDEN=1 rewrites it for review."""
+    path = GOLDEN / name
+    if os.environ.get("NMSTREAM_UPDATE_GOLDEN"):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    assert path.read_text() == text, f"{name} differs from the reviewed golden file"
+
+
+@pytest.mark.parametrize("name", PAYLOADS)
+def test_default_templates_match_the_golden_files(name: str) -> None:
+    renderer = Renderer()
+    stem = name.removesuffix(".json")
+    (text,) = renderer.render("slack", choose("slack", None, None), group_of(name))
+    check_golden(f"{stem}.nm.default.text.txt", text.body)
+    (email,) = renderer.render("email", choose("email", None, None), group_of(name, "email"))
+    assert email.subject is not None
+    check_golden(f"{stem}.nm.default.subject.txt", email.subject)
+    check_golden(f"{stem}.nm.default.html", email.body)
+    (hook,) = renderer.render("webhook", choose("webhook", None, None), group_of(name))
+    check_golden(f"{stem}.webhook.default.message.json", hook.body)
+
+
+def test_text_follows_notification_managers_layout() -> None:
+    (message,) = Renderer().render("slack", Choice(None, "nm.default.text"),
+                                   group_of("alert1.json"))
+    lines = message.body.split("\n")
+    assert lines[0] == "1 alert for  alertname=KubePodCrashLooping  namespace=pp1 "
+    assert lines[1:3] == ["Alerts Firing:", "Labels:"]
+    assert "runbook_url" not in message.body
+    assert "- message = Pod pp1/dd1-0 (busybox-3jb7u6) is restarting 1.07 times / 5 minutes." in (
+        lines)
+
+
+def test_webhook_message_is_an_alertmanager_webhook_payload() -> None:
+    (message,) = Renderer().render("webhook", Choice(None, "webhook.default.message"),
+                                   group_of("alert.json"))
+    body = json.loads(message.body)
+    original = json.loads(payload("alert.json"))
+    assert body["version"] == "4"
+    assert body["status"] == "firing"
+    assert body["groupLabels"] == original["groupLabels"]
+    assert body["commonLabels"] == original["commonLabels"]
+    assert [a["fingerprint"] for a in body["alerts"]] == [
+        a["fingerprint"] for a in original["alerts"]]
+    assert body["alerts"][0]["labels"] == original["alerts"][0]["labels"]
+
+
+def test_resolved_alerts_get_their_own_section() -> None:
+    group = group_of("alert1.json")
+    resolved = group.alerts[0].model_copy(update={"status": "resolved"})
+    mixed = group.model_copy(update={"alerts": [*group_of("alert.json").alerts[:1], resolved]})
+    (message,) = Renderer().render("slack", Choice(None, "nm.default.text"), mixed)
+    firing_at = message.body.index("Alerts Firing:")
+    resolved_at = message.body.index("Alerts Resolved:")
+    assert firing_at < message.body.index("CPUThrottlingHigh", firing_at) < resolved_at
+    assert "KubePodCrashLooping" in message.body[resolved_at:]
+
+
+def manager(options: dict[str, Any]) -> NotificationManager:
+    result = parse_resource({"apiVersion": "notification.kubesphere.io/v2alpha1",
+                             "kind": "NotificationManager", "metadata": {"name": "nm"},
+                             "spec": {"receivers": {"options": options}}})
+    assert isinstance(result, NotificationManager)
+    return result
+
+
+def receiver_spec(**fields: str) -> Any:
+    return parse_resource({"apiVersion": "notification.kubesphere.io/v2alpha1",
+                           "kind": "EmailReceiver", "metadata": {"name": "r"},
+                           "spec": {"to": ["a@b.c"], **fields}}).spec
+
+
+def test_template_precedence_receiver_then_channel_then_global_then_default() -> None:
+    both = manager({"global": {"template": "g"}, "email": {"template": "e",
+                                                           "subjectTemplate": "es"}})
+    assert choose("email", receiver_spec(template="r", subjectTemplate="rs"), both) == Choice(
+        "rs", "r")
+    assert choose("email", receiver_spec(), both) == Choice("es", "e")
+    assert choose("email", receiver_spec(), manager({"global": {"template": "g"}})) == Choice(
+        "nm.default.subject", "g")
+    assert choose("email", receiver_spec(), None) == Choice("nm.default.subject",
+                                                            "nm.default.html")
+    assert choose("slack", None, manager({"slack": {"template": "s"}})) == Choice(None, "s")
+    assert choose("webhook", None, None) == Choice(None, "webhook.default.message")
+
+
+def test_user_template_directory_overrides_and_reloads(tmp_path: Path) -> None:
+    renderer = Renderer([tmp_path])
+    (tmp_path / "team.text.j2").write_text("{{ alerts | length }} for {{ receiver }}")
+    group = group_of("alert.json")
+    assert renderer.render("slack", Choice(None, "team.text"), group)[0].body == "9 for golden"
+
+    time.sleep(0.01)
+    (tmp_path / "team.text.j2").write_text("v2: {{ status }}")
+    stat = (tmp_path / "team.text.j2").stat()
+    os.utime(tmp_path / "team.text.j2", ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    assert renderer.render("slack", Choice(None, "team.text"), group)[0].body == "v2: firing"
+
+    (tmp_path / "nm.default.text.j2").write_text("overridden {{ alerts | length }}")
+    assert renderer.render("slack", Choice(None, "nm.default.text"), group)[0].body == (
+        "overridden 9")
+
+
+@pytest.mark.parametrize(("source", "reason"), [
+    ("{{ alerts | length ", "TemplateSyntaxError"),
+    ("{{ no_such_variable }}", "UndefinedError"),
+    ("{{ alerts.__class__.__mro__ }}", "SecurityError"),
+])
+def test_broken_templates_raise_a_template_error_naming_them(
+    tmp_path: Path, source: str, reason: str
+) -> None:
+    (tmp_path / "broken.j2").write_text(source)
+    with pytest.raises(TemplateError, match=rf"'broken'.*{reason}"):
+        Renderer([tmp_path]).render("slack", Choice(None, "broken"), group_of("alert.json"))
+    with pytest.raises(TemplateError, match="'missing' not found"):
+        Renderer([tmp_path]).render("slack", Choice(None, "missing"), group_of("alert.json"))
+
+
+@pytest.mark.parametrize("channel", sorted(LIMITS))
+def test_groups_over_a_channel_limit_are_split_and_keep_every_alert(channel: str) -> None:
+    base = group_of("alert.json")
+    many = [a.model_copy(update={"labels": {**a.labels, "n": str(i)}, "fingerprint": f"f{i}"})
+            for i in range(300) for a in base.alerts[:1]]
+    group = base.model_copy(update={"alerts": many})
+    size_limit, measure = LIMITS[channel]
+    messages = Renderer().render(channel, Choice(None, "nm.default.text"), group)
+    assert len(messages) > 1
+    assert all(measure(m.body) <= size_limit for m in messages)
+    carried = [a.fingerprint for m in messages for a in m.alerts]
+    assert carried == [a.fingerprint for a in many]
+    for message in messages:
+        for alert in message.alerts:
+            assert f"- n = {alert.labels['n']}\n" in message.body
+
+
+def test_a_single_alert_over_the_limit_is_truncated_not_dropped() -> None:
+    base = group_of("alert1.json")
+    huge = base.alerts[0].model_copy(update={"annotations": {"message": "x" * 5000}})
+    (message,) = Renderer().render("wechat", Choice(None, "nm.default.text"),
+                                   base.model_copy(update={"alerts": [huge]}))
+    assert len(message.body.encode()) <= 2048
+    assert message.body.endswith("…(truncated)")
+    assert message.alerts == (huge,)
