@@ -1,8 +1,10 @@
 """The Faust application: settings applied, domain packages wired by autodiscover.
 
 Data flow, one package per stage: ``ingest`` (HTTP → ``nmstream-alerts``), ``config``
-(custom resources → ``nmstream-config`` → each worker's receivers view) and ``ops``
-(health, readiness, metrics). Later stages subscribe to the topics in :mod:`nmstream.topics`.
+(custom resources → ``nmstream-config`` → each worker's receivers view), ``routing``
+(alerts → ``nmstream-routed`` → ``nmstream-groups``), ``render`` (groups →
+``nmstream-notify-<channel>``) and ``ops`` (health, readiness, metrics). The topics are in
+:mod:`nmstream.topics`.
 """
 
 from __future__ import annotations
@@ -17,7 +19,13 @@ app = faust.App(
     settings.app_id,
     broker=settings.broker,
     origin="nmstream",
-    autodiscover=["nmstream.ingest", "nmstream.config", "nmstream.ops"],
+    autodiscover=[
+        "nmstream.ingest",
+        "nmstream.config",
+        "nmstream.routing",
+        "nmstream.render",
+        "nmstream.ops",
+    ],
     store="memory://",
     datadir=str(settings.data_dir),
     topic_partitions=settings.partitions,
@@ -27,6 +35,9 @@ app = faust.App(
     broker_rebalance_timeout=settings.rebalance_timeout,
     producer_request_timeout=settings.produce_timeout,
     producer_acks=-1,
+    # groups hold their events un-acknowledged until flushed; a rebalance must not wait
+    # for them (the new owner of the partition reads them again)
+    stream_wait_empty=False,
     web_bind=settings.web_host,
     web_host=settings.web_host,
     web_port=settings.web_port,

@@ -19,6 +19,30 @@ PRODUCE_SECONDS = Histogram(
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
 
+ALERTS_ROUTED = Counter(
+    "nmstream_alerts_routed",
+    "Alert deliveries to receivers decided by routing (one alert, one receiver)",
+    ["channel"],
+)
+ALERTS_UNROUTED = Counter(
+    "nmstream_alerts_unrouted",
+    "Alerts that matched no usable receiver",
+)
+GROUPS_FLUSHED = Counter(
+    "nmstream_groups_flushed",
+    "Alert groups flushed to rendering",
+)
+NOTIFICATIONS_RENDERED = Counter(
+    "nmstream_notifications_rendered",
+    "Rendered notifications written to nmstream-notify-<channel>",
+    ["channel"],
+)
+RENDER_FAILURES = Counter(
+    "nmstream_render_failures",
+    "Groups whose template failed, sent to nmstream-dlq-<channel>",
+    ["channel"],
+)
+
 #: Outcomes of an ingest request, pre-created so every series is exported from the start.
 INGEST_OUTCOMES = ("accepted", "bad_request", "too_large", "unavailable")
 for _outcome in INGEST_OUTCOMES:

@@ -33,6 +33,10 @@ class Settings(BaseSettings):
     produce_timeout: float = Field(
         10.0, gt=0, le=600, description="seconds to wait for Kafka acks before answering 503"
     )
+    batch_max_wait: float = Field(
+        1.0, gt=0, le=3600,
+        description="seconds a group waits for more alerts (NotificationManager batchMaxWait wins)",
+    )
     topic_check_interval: float = Field(
         5.0, gt=0, le=3600, description="seconds between checks that nmstream's topics exist"
     )

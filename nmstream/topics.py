@@ -17,6 +17,7 @@ from typing import Any
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from nmstream.app import app, settings
+from nmstream.config.models import CHANNELS
 
 log = logging.getLogger(__name__)
 
@@ -49,19 +50,36 @@ def _spec(name: str, *, partitions: int | None = None, compacted: bool = False) 
 
 
 ALERTS = _spec("alerts")
+#: One alert for one receiver, key = group id (a receiver's group lives on one partition).
+ROUTED = _spec("routed")
+#: A flushed group of alerts for one receiver, key = group id.
+GROUPS = _spec("groups")
+#: Rendered notifications per channel, key = notification id; and what failed, per channel.
+NOTIFY = {c: _spec(f"notify-{c}") for c in CHANNELS}
+DLQ = {c: _spec(f"dlq-{c}") for c in CHANNELS}
 #: Receivers and configs, key ``kind/namespace/name``, null value deletes. One partition:
 #: every worker reads all of it, and one total order keeps re-publication simple.
 CONFIG = _spec("config", partitions=1, compacted=True)
 
+
+def raw_topic(spec: TopicSpec) -> Any:
+    """The Faust topic of a spec, carrying raw bytes (records are pydantic JSON)."""
+    return app.topic(
+        spec.name,
+        key_type=bytes,
+        value_type=bytes,
+        key_serializer="raw",
+        value_serializer="raw",
+        partitions=spec.partitions,
+    )
+
+
 #: One record per alert, key = fingerprint (so one alert's updates stay in order).
-alerts_topic: Any = app.topic(
-    ALERTS.name,
-    key_type=bytes,
-    value_type=bytes,
-    key_serializer="raw",
-    value_serializer="raw",
-    partitions=ALERTS.partitions,
-)
+alerts_topic = raw_topic(ALERTS)
+routed_topic = raw_topic(ROUTED)
+groups_topic = raw_topic(GROUPS)
+notify_topics = {c: raw_topic(spec) for c, spec in NOTIFY.items()}
+dlq_topics = {c: raw_topic(spec) for c, spec in DLQ.items()}
 
 
 class TopicGuard:
@@ -116,4 +134,4 @@ class TopicGuard:
             await admin.close()
 
 
-guard = TopicGuard((ALERTS, CONFIG))
+guard = TopicGuard((ALERTS, CONFIG, ROUTED, GROUPS, *NOTIFY.values(), *DLQ.values()))

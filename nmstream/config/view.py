@@ -71,10 +71,13 @@ class ConfigView:
     secret_namespace: str = "kubesphere-monitoring-system"
     objects: dict[str, Any] = field(default_factory=dict)
     problems: dict[str, str] = field(default_factory=dict)
+    version: int = 0
     _reported: dict[str, str] = field(default_factory=dict)
+    _snapshot: tuple[int, Snapshot] | None = None
 
     def apply(self, key: str, value: bytes | None) -> None:
         """Apply one topic record (last one per key wins; None deletes)."""
+        self.version += 1
         self.problems.pop(key, None)
         if value is None:
             self.objects.pop(key, None)
@@ -97,15 +100,29 @@ class ConfigView:
     def _of(self, kinds: tuple[type, ...]) -> list[Any]:
         return [o for o in self.objects.values() if isinstance(o, kinds)]
 
+    def manager(self) -> NotificationManager | None:
+        """The NotificationManager in force (the first by name), if any."""
+        managers = sorted(self._of((NotificationManager,)), key=lambda m: m.metadata.name)
+        return managers[0] if managers else None
+
+    def get(self, kind: str, name: str) -> Any:
+        """A cluster-scoped object by kind and name, or None."""
+        return self.objects.get(f"{kind}//{name}")
+
     def snapshot(self) -> Snapshot:
-        """The view in the shape selection reads."""
+        """The view in the shape selection reads, rebuilt only after a change."""
+        if self._snapshot is None or self._snapshot[0] != self.version:
+            self._snapshot = (self.version, self._build_snapshot())
+        return self._snapshot[1]
+
+    def _build_snapshot(self) -> Snapshot:
         from nmstream.config.models import CONFIG_KINDS, RECEIVER_KINDS
 
-        managers = sorted(self._of((NotificationManager,)), key=lambda m: m.metadata.name)
+        manager = self.manager()
         tenancy = Tenancy()
         secret_namespace = self.secret_namespace
-        if managers:
-            spec = managers[0].spec
+        if manager is not None:
+            spec = manager.spec
             secret_namespace = spec.default_secret_namespace or secret_namespace
             tenancy = Tenancy(
                 tenant_key=spec.receivers.tenant_key,

@@ -13,7 +13,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from nmstream.ingest.models import Alert, AlertRecord
 
 
-class _Record(BaseModel):
+class Record(BaseModel):
+    """Base of the pipeline's topic records: frozen pydantic, JSON on the wire."""
+
     model_config = ConfigDict(populate_by_name=True, extra="ignore", frozen=True)
 
     def to_bytes(self) -> bytes:
@@ -21,7 +23,7 @@ class _Record(BaseModel):
         return self.model_dump_json(by_alias=True).encode()
 
 
-class ReceiverRef(_Record):
+class ReceiverRef(Record):
     """Which receiver, resolved at routing time: its config by reference, never secrets."""
 
     kind: str
@@ -44,7 +46,7 @@ def group_id(receiver: ReceiverRef, group_labels: dict[str, str]) -> str:
     return hashlib.sha256(material).hexdigest()[:24]
 
 
-class RoutedAlert(_Record):
+class RoutedAlert(Record):
     """One alert for one receiver (``nmstream-routed``, key = group id)."""
 
     schema_version: Literal[1] = 1
@@ -55,7 +57,7 @@ class RoutedAlert(_Record):
     routed_at: datetime
 
 
-class AlertGroup(_Record):
+class AlertGroup(Record):
     """Alerts of one group for one receiver, flushed together (``nmstream-groups``)."""
 
     schema_version: Literal[1] = 1

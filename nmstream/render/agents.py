@@ -1,0 +1,90 @@
+"""Render: each flushed group → its notifications on ``nmstream-notify-<channel>``.
+
+Templates follow notification-manager's precedence (see :func:`choose`); a template that fails
+sends the group to ``nmstream-dlq-<channel>`` with the error and never stops the agent.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from nmstream.app import app
+from nmstream.config.agents import state
+from nmstream.ingest.models import utcnow
+from nmstream.metrics import NOTIFICATIONS_RENDERED, RENDER_FAILURES
+from nmstream.render.engine import Renderer, TemplateError, choose
+from nmstream.render.models import DeadLetter, Notification, notification_id
+from nmstream.routing.models import AlertGroup
+from nmstream.topics import dlq_topics, groups_topic, notify_topics
+
+log = logging.getLogger(__name__)
+
+_renderers: dict[tuple[str, ...], Renderer] = {}
+
+
+def renderer_for(template_files: list[str]) -> Renderer:
+    """A renderer over the user's template directories (a file stands for its directory)."""
+    dirs = tuple(str(Path(p) if Path(p).is_dir() else Path(p).parent) for p in template_files)
+    if dirs not in _renderers:
+        _renderers[dirs] = Renderer(dirs)
+    return _renderers[dirs]
+
+
+def notifications(group: AlertGroup) -> list[Notification]:
+    """Render a group with the templates its receiver, channel and manager select."""
+    manager = state.view.manager()
+    options = manager.spec.receivers.options if manager is not None else None
+    files = options.global_.template_files if options and options.global_ else []
+    receiver = state.view.get(group.receiver.kind, group.receiver.name)
+    channel = group.receiver.channel
+    choice = choose(channel, receiver.spec if receiver is not None else None, manager)
+    messages = renderer_for(files).render(channel, choice, group)
+    now = utcnow()
+    out = []
+    for part, message in enumerate(messages, start=1):
+        statuses = {a.fingerprint: a.status or "firing" for a in message.alerts}
+        out.append(Notification(
+            id=notification_id(group.group_id, sorted(statuses.items()), part),
+            channel=channel,
+            receiver=group.receiver,
+            group_id=group.group_id,
+            group_labels=group.group_labels,
+            subject=message.subject,
+            body=message.body,
+            fingerprints=list(statuses),
+            statuses=statuses,
+            part=part,
+            parts=len(messages),
+            created_at=now,
+        ))
+    return out
+
+
+@app.agent(groups_topic)
+async def render(stream: Any) -> None:
+    """Group → notifications (or a dead letter when its template fails)."""
+    async for value in stream:
+        try:
+            group = AlertGroup.model_validate_json(value)
+        except ValidationError as exc:
+            log.error("skipping a record of %s that is not a group: %s", groups_topic, exc)
+            continue
+        channel = group.receiver.channel
+        try:
+            rendered = notifications(group)
+        except TemplateError as exc:
+            RENDER_FAILURES.labels(channel=channel).inc()
+            log.warning("group %s for %s: %s", group.group_id, group.receiver.key, exc)
+            letter = DeadLetter(stage="render", channel=channel, error=str(exc), group=group,
+                                failed_at=utcnow())
+            await dlq_topics[channel].send(key=group.group_id.encode(), value=letter.to_bytes())
+            continue
+        for notification in rendered:
+            await notify_topics[channel].send(
+                key=notification.id.encode(), value=notification.to_bytes()
+            )
+            NOTIFICATIONS_RENDERED.labels(channel=channel).inc()

@@ -1,0 +1,47 @@
+"""Records of ``nmstream-notify-<channel>`` and ``nmstream-dlq-<channel>``."""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import datetime
+from typing import Literal
+
+from pydantic import Field
+
+from nmstream.routing.models import AlertGroup, ReceiverRef, Record
+
+
+def notification_id(group_id: str, statuses: list[tuple[str, str]], part: int) -> str:
+    """Stable id of a notification: the same group content gives the same id (idempotency)."""
+    material = f"{group_id}|{sorted(statuses)}|{part}".encode()
+    return hashlib.sha256(material).hexdigest()[:32]
+
+
+class Notification(Record):
+    """One message for one receiver, ready to deliver."""
+
+    schema_version: Literal[1] = 1
+    id: str = Field(description="idempotency key: same group content, same id")
+    channel: str
+    receiver: ReceiverRef = Field(description="targets and config by reference, no secret")
+    group_id: str
+    group_labels: dict[str, str]
+    subject: str | None
+    body: str
+    fingerprints: list[str]
+    statuses: dict[str, str] = Field(description="fingerprint → firing|resolved")
+    part: int = Field(1, ge=1)
+    parts: int = Field(1, ge=1)
+    attempt: int = 0
+    created_at: datetime
+
+
+class DeadLetter(Record):
+    """What could not be turned into (or delivered as) a notification, and why."""
+
+    schema_version: Literal[1] = 1
+    stage: Literal["render"]
+    channel: str
+    error: str
+    group: AlertGroup
+    failed_at: datetime

@@ -1,0 +1,203 @@
+"""Route and group.
+
+``route``: each alert of ``nmstream-alerts`` → one record per receiver that gets it on
+``nmstream-routed``, keyed by the receiver's group id so that a group lives on one partition.
+
+``group``: collects a receiver's alerts by the NotificationManager's ``groupLabels`` and
+flushes a group to ``nmstream-groups`` when it reaches ``batchMaxSize`` or ``batchMaxWait``
+after its first alert. Its events are acknowledged only once the group is in Kafka, so the
+committed offset never passes a pending alert: after a crash or a rebalance the worker that
+owns the partition reads the pending alerts again and rebuilds the group. No table state is
+needed (and none can be lost).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from faust.types import TP
+from pydantic import ValidationError
+
+from nmstream.app import app, settings
+from nmstream.config.agents import state
+from nmstream.config.models import NotificationManager
+from nmstream.config.selection import Selected, channel_of, select
+from nmstream.ingest.models import Alert, AlertRecord, utcnow
+from nmstream.metrics import ALERTS_ROUTED, ALERTS_UNROUTED, GROUPS_FLUSHED
+from nmstream.routing.models import AlertGroup, ReceiverRef, RoutedAlert, group_id
+from nmstream.topics import alerts_topic, groups_topic, routed_topic
+
+log = logging.getLogger(__name__)
+
+DEFAULT_GROUP_LABELS = ("alertname", "namespace")
+DEFAULT_BATCH_MAX_SIZE = 100
+FLUSH_TICK = 0.05
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|us|µs|ns|h|m|s)")
+_UNIT_SECONDS = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 1e-3, "us": 1e-6, "µs": 1e-6, "ns": 1e-9}
+_TARGET_EXCLUDED = ("alertSelector", "template", "subjectTemplate")
+
+
+def go_duration(text: str) -> float:
+    """Seconds of a Go duration such as ``1s``, ``500ms`` or ``1m30s``."""
+    parts = _DURATION.findall(text)
+    if not parts or "".join(n + u for n, u in parts) != text.strip():
+        raise ValueError(f"invalid duration {text!r}")
+    return sum(float(n) * _UNIT_SECONDS[u] for n, u in parts)
+
+
+@dataclass(frozen=True)
+class Batching:
+    """How a NotificationManager groups: labels, size and wait."""
+
+    labels: tuple[str, ...]
+    max_size: int
+    max_wait: float
+
+    @classmethod
+    def of(cls, manager: NotificationManager | None) -> Batching:
+        """The manager's settings, nmstream's defaults where it sets none (or sets garbage)."""
+        spec = manager.spec if manager is not None else None
+        wait = settings.batch_max_wait
+        if spec is not None and spec.batch_max_wait:
+            try:
+                wait = go_duration(spec.batch_max_wait)
+            except ValueError as exc:
+                log.warning("NotificationManager batchMaxWait: %s; using %ss", exc, wait)
+        labels = spec.group_labels if spec and spec.group_labels else DEFAULT_GROUP_LABELS
+        size = spec.batch_max_size if spec and spec.batch_max_size else DEFAULT_BATCH_MAX_SIZE
+        return cls(labels=tuple(labels), max_size=size, max_wait=wait)
+
+
+def receiver_ref(selected: Selected) -> ReceiverRef:
+    """The receiver as routed records carry it: identity, config by name, targets."""
+    spec = selected.receiver.spec.model_dump(by_alias=True, exclude_none=True)
+    targets = {
+        k: v for k, v in spec.items()
+        if k not in _TARGET_EXCLUDED and not k.endswith("ConfigSelector")
+    }
+    return ReceiverRef(
+        kind=selected.receiver.kind,
+        name=selected.receiver.metadata.name,
+        channel=channel_of(selected.receiver),
+        tenant=selected.tenant,
+        config_kind=selected.config.kind,
+        config_name=selected.config.metadata.name,
+        targets=targets,
+    )
+
+
+@app.agent(alerts_topic)
+async def route(stream: Any) -> None:
+    """Alert → one routed record per receiver that gets it."""
+    await state.reader.synced.wait()
+    async for value in stream:
+        try:
+            record = AlertRecord.model_validate_json(value)
+        except ValidationError as exc:
+            log.error("skipping a record of %s that is not an alert: %s", alerts_topic, exc)
+            continue
+        selection = select(record.alert.labels, state.view.snapshot())
+        for skipped in selection.skipped:
+            log.debug("alert %s: receiver %s skipped: %s", record.fingerprint,
+                      skipped.receiver.metadata.name, skipped.reason)
+        if not selection.selected:
+            ALERTS_UNROUTED.inc()
+            log.debug("alert %s (%s) matches no receiver", record.fingerprint, record.alert.labels)
+            continue
+        batching = Batching.of(state.view.manager())
+        labels = {k: record.alert.labels[k] for k in batching.labels if k in record.alert.labels}
+        for selected in selection.selected:
+            ref = receiver_ref(selected)
+            gid = group_id(ref, labels)
+            routed = RoutedAlert(group_id=gid, group_labels=labels, receiver=ref, record=record,
+                                 routed_at=utcnow())
+            await routed_topic.send(key=gid.encode(), value=routed.to_bytes())
+            ALERTS_ROUTED.labels(channel=ref.channel).inc()
+
+
+@dataclass
+class Pending:
+    """A group being collected, with the events to acknowledge once it is flushed."""
+
+    first: RoutedAlert
+    tp: TP
+    started: float
+    alerts: dict[str, Alert] = field(default_factory=dict)
+    events: list[Any] = field(default_factory=list)
+
+    def to_group(self) -> AlertGroup:
+        """The record written to ``nmstream-groups``."""
+        return AlertGroup(
+            group_id=self.first.group_id,
+            group_labels=self.first.group_labels,
+            receiver=self.first.receiver,
+            alerts=list(self.alerts.values()),
+            source_receiver=self.first.record.group.receiver,
+            external_url=self.first.record.group.external_url,
+            flushed_at=utcnow(),
+        )
+
+
+pending: dict[str, Pending] = {}
+
+
+async def flush(gid: str) -> None:
+    """Write a pending group to Kafka, then acknowledge its events."""
+    group = pending.pop(gid, None)
+    if group is None:
+        return
+    try:
+        await (await groups_topic.send(key=gid.encode(), value=group.to_group().to_bytes()))
+    except Exception as exc:  # Kafka failed: keep the group, retry on the next tick
+        log.warning("cannot flush group %s (%s); retrying", gid, exc)
+        newer = pending.get(gid)
+        if newer is not None:
+            group.alerts.update(newer.alerts)
+            group.events.extend(newer.events)
+        pending[gid] = group
+        return
+    for event in group.events:
+        event.ack()
+    GROUPS_FLUSHED.inc()
+
+
+@app.agent(routed_topic)
+async def group(stream: Any) -> None:
+    """Collect routed alerts into groups; flush on size here, on time in :func:`flusher`."""
+    async for event in stream.noack().events():
+        try:
+            routed = RoutedAlert.model_validate_json(event.value)
+        except ValidationError as exc:
+            log.error("skipping a record of %s that is not a routed alert: %s", routed_topic, exc)
+            event.ack()
+            continue
+        current = pending.get(routed.group_id)
+        if current is None:
+            current = pending[routed.group_id] = Pending(
+                routed, event.message.tp, time.monotonic()
+            )
+        current.alerts[routed.record.fingerprint] = routed.record.alert
+        current.events.append(event)
+        if len(current.alerts) >= Batching.of(state.view.manager()).max_size:
+            await flush(routed.group_id)
+
+
+@app.timer(FLUSH_TICK)  # type: ignore[untyped-decorator]
+async def flusher() -> None:
+    """Flush every group whose first alert waited ``batchMaxWait``."""
+    max_wait = Batching.of(state.view.manager()).max_wait
+    now = time.monotonic()
+    for gid in [g for g, p in pending.items() if now - p.started >= max_wait]:
+        await flush(gid)
+
+
+@app.on_partitions_revoked.connect
+async def drop_revoked(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
+    """Forget groups of partitions this worker lost: their new owner rebuilds them."""
+    revoked: set[TP] = args[0]
+    for gid in [g for g, p in pending.items() if p.tp in revoked]:
+        del pending[gid]

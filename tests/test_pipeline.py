@@ -1,0 +1,161 @@
+"""Route → group → render through a running worker and the real broker."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from nmstream.broker import EmbeddedBroker
+from tests.helpers import EXAMPLES, Worker, make_worker, payload, read_topic
+
+MANAGER = EXAMPLES / "notification-manager.yaml"
+
+
+def config_with(tmp_path: Path, **spec: Any) -> Path:
+    """A copy of ``examples/`` whose NotificationManager spec gets ``spec`` merged in."""
+    directory = tmp_path / "config"
+    shutil.copytree(EXAMPLES, directory)
+    manager = yaml.safe_load(MANAGER.read_text())
+    manager["spec"].update(spec)
+    (directory / MANAGER.name).write_text(yaml.safe_dump(manager))
+    return directory
+
+
+def start(broker: EmbeddedBroker, tmp_path: Path, prefix: str, directory: Path) -> Worker:
+    worker = make_worker(broker, tmp_path, prefix, NMSTREAM_CONFIG_DIR=str(directory)).start()
+    deadline = time.monotonic() + 30
+    while len(worker.get("/api/v2/receivers").json()["receivers"]) < 4:
+        assert time.monotonic() < deadline, worker.log_tail()
+        time.sleep(0.2)
+    return worker
+
+
+def notifications(broker: EmbeddedBroker, prefix: str, channel: str, expect: int,
+                  timeout: float = 30.0) -> list[dict[str, Any]]:
+    return [r["value"] for r in read_topic(broker, f"{prefix}-notify-{channel}", expect,
+                                           timeout=timeout)]
+
+
+def test_alert_json_becomes_email_slack_and_webhook_notifications(
+    broker: EmbeddedBroker, tmp_path: Path, prefix: str
+) -> None:
+    worker = start(broker, tmp_path, prefix, config_with(tmp_path))
+    try:
+        assert worker.post("/api/v2/alerts", payload("alert.json")).status_code == 200
+        fingerprints = {a["fingerprint"] for a in json.loads(payload("alert.json"))["alerts"]}
+
+        (email,) = notifications(broker, prefix, "email", 1)
+        assert email["receiver"]["name"] == "global-email-receiver"  # auditing one filtered
+        assert email["receiver"]["targets"] == {"to": ["oncall@example.org"]}
+        assert email["subject"] == (
+            "9 alerts for  alertname=CPUThrottlingHigh  namespace=kube-system ")
+        assert email["body"].startswith("<!DOCTYPE html>")
+        assert set(email["fingerprints"]) == fingerprints
+
+        (slack,) = notifications(broker, prefix, "slack", 1)
+        assert slack["receiver"]["tenant"] == "kube-system"
+        assert slack["receiver"]["config_name"] == "default-slack-config"
+        assert slack["body"].startswith("9 alerts for  alertname=CPUThrottlingHigh")
+        assert slack["body"].count("Labels:") == 9
+
+        (webhook,) = notifications(broker, prefix, "webhook", 1)
+        body = json.loads(webhook["body"])
+        assert body["version"] == "4" and len(body["alerts"]) == 9
+        assert {a["fingerprint"] for a in body["alerts"]} == fingerprints
+
+        for record in (email, slack, webhook):
+            assert record["schema_version"] == 1 and len(record["id"]) == 32
+            assert (record["part"], record["parts"], record["attempt"]) == (1, 1, 0)
+    finally:
+        worker.stop()
+
+
+def test_alert_selector_and_no_namespace_routing(
+    broker: EmbeddedBroker, tmp_path: Path, prefix: str
+) -> None:
+    worker = start(broker, tmp_path, prefix, config_with(tmp_path))
+    try:
+        assert worker.post("/api/v2/alerts", payload("alert-auditing.json")).status_code == 200
+        emails = notifications(broker, prefix, "email", 2)
+        by_receiver = {e["receiver"]["name"]: e for e in emails}
+        assert set(by_receiver) == {"global-email-receiver", "auditing-email-receiver"}
+        assert len(by_receiver["auditing-email-receiver"]["fingerprints"]) == 6
+        assert notifications(broker, prefix, "slack", 0, timeout=3) == []  # no namespace
+    finally:
+        worker.stop()
+
+
+def test_groups_flush_at_batch_max_wait_and_batch_max_size(
+    broker: EmbeddedBroker, tmp_path: Path, prefix: str
+) -> None:
+    directory = config_with(tmp_path, batchMaxWait="2s", batchMaxSize=3)
+    worker = start(broker, tmp_path, prefix, directory)
+
+    def alerts(*names: str) -> bytes:
+        return json.dumps({"alerts": [
+            {"labels": {"alertname": "Grouped", "namespace": "team", "pod": n}}
+            for n in names]}).encode()
+
+    try:
+        started = time.monotonic()
+        assert worker.post("/api/v2/alerts", alerts("a")).status_code == 200
+        time.sleep(0.5)
+        assert worker.post("/api/v2/alerts", alerts("b")).status_code == 200
+        (first,) = notifications(broker, prefix, "webhook", 1)
+        waited = time.monotonic() - started
+        assert len(first["fingerprints"]) == 2, "alerts within batchMaxWait are one group"
+        assert waited >= 2.0
+
+        assert worker.post("/api/v2/alerts", alerts(*"cdefghi")).status_code == 200
+        sizes = sorted(len(n["fingerprints"]) for n in notifications(broker, prefix, "webhook",
+                                                                      4)[1:])
+        assert sizes == [1, 3, 3]
+    finally:
+        worker.stop()
+
+
+def test_group_pending_at_a_crash_is_delivered_after_restart(
+    broker: EmbeddedBroker, tmp_path: Path, prefix: str
+) -> None:
+    directory = config_with(tmp_path, batchMaxWait="4s")
+    worker = start(broker, tmp_path, prefix, directory)
+    assert worker.post("/api/v2/alerts", payload("alert1.json")).status_code == 200
+    time.sleep(1.5)  # routed, waiting in its group
+    worker.stop(signal.SIGKILL)
+    assert notifications(broker, prefix, "webhook", 0, timeout=1) == []
+    worker = start(broker, tmp_path, prefix, directory)
+    try:
+        (webhook,) = notifications(broker, prefix, "webhook", 1, timeout=40)
+        assert webhook["fingerprints"] == ["a4c6c4f7a49ca0ae"]
+    finally:
+        worker.stop()
+
+
+def test_a_broken_user_template_goes_to_the_dead_letter_topic(
+    broker: EmbeddedBroker, tmp_path: Path, prefix: str
+) -> None:
+    templates = tmp_path / "templates"
+    templates.mkdir()
+    (templates / "broken.j2").write_text("{{ no_such_thing.at_all }}")
+    directory = config_with(tmp_path, receivers={
+        **yaml.safe_load(MANAGER.read_text())["spec"]["receivers"],
+        "options": {"global": {"templateFile": [str(templates)]},
+                    "webhook": {"template": "broken"}},
+    })
+    worker = start(broker, tmp_path, prefix, directory)
+    try:
+        assert worker.post("/api/v2/alerts", payload("alert1.json")).status_code == 200
+        (letter,) = [r["value"] for r in read_topic(broker, f"{prefix}-dlq-webhook", 1)]
+        assert letter["stage"] == "render"
+        assert "'broken'" in letter["error"] and "UndefinedError" in letter["error"]
+        assert [a["fingerprint"] for a in letter["group"]["alerts"]] == ["a4c6c4f7a49ca0ae"]
+        assert len(notifications(broker, prefix, "email", 1)) == 1  # other channels unharmed
+        assert worker.get("/-/healthy").status_code == 200
+    finally:
+        worker.stop()
