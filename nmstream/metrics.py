@@ -28,6 +28,10 @@ ALERTS_UNROUTED = Counter(
     "nmstream_alerts_unrouted",
     "Alerts that matched no usable receiver",
 )
+ALERTS_DEDUPLICATED = Counter(
+    "nmstream_alerts_deduplicated",
+    "Repeats of an alert (same fingerprint and status) for a receiver within dedupWindow",
+)
 GROUPS_FLUSHED = Counter(
     "nmstream_groups_flushed",
     "Alert groups flushed to rendering",

@@ -37,6 +37,10 @@ class Settings(BaseSettings):
         1.0, gt=0, le=3600,
         description="seconds a group waits for more alerts (NotificationManager batchMaxWait wins)",
     )
+    dedup_window: float = Field(
+        60.0, ge=0, le=86400,
+        description="seconds within which a repeated alert is not sent again; 0 turns it off",
+    )
     topic_check_interval: float = Field(
         5.0, gt=0, le=3600, description="seconds between checks that nmstream's topics exist"
     )

@@ -159,3 +159,41 @@ def test_a_broken_user_template_goes_to_the_dead_letter_topic(
         assert worker.get("/-/healthy").status_code == 200
     finally:
         worker.stop()
+
+
+def test_an_ha_pair_posting_twice_gives_one_notification_even_across_a_restart(
+    broker: EmbeddedBroker, tmp_path: Path, prefix: str
+) -> None:
+    directory = config_with(tmp_path, batchMaxWait="1s")
+    worker = start(broker, tmp_path, prefix, directory)
+    try:
+        # two Alertmanagers of an HA pair send the same group
+        assert worker.post("/api/v2/alerts", payload("alert1.json")).status_code == 200
+        assert worker.post("/api/v2/alerts", payload("alert1.json")).status_code == 200
+        (first,) = notifications(broker, prefix, "webhook", 1)
+        assert first["statuses"] == {"a4c6c4f7a49ca0ae": "firing"}
+        # the second one of the pair is a few seconds late: still a repeat
+        time.sleep(1.5)
+        assert worker.post("/api/v2/alerts", payload("alert1.json")).status_code == 200
+        time.sleep(2)
+        deduplicated = float(next(
+            line.split()[1] for line in worker.get("/metrics").text.splitlines()
+            if line.startswith("nmstream_alerts_deduplicated_total")))
+        assert deduplicated == 2 * 2  # two repeats, each for the global email and webhook
+        assert len(notifications(broker, prefix, "email", 1)) == 1
+    finally:
+        worker.stop()
+
+    # a restarted worker rebuilds what was sent and still drops the repeat...
+    worker = start(broker, tmp_path, prefix, directory)
+    try:
+        assert worker.post("/api/v2/alerts", payload("alert1.json")).status_code == 200
+        # ...while a status change is new
+        resolved = json.loads(payload("alert1.json"))
+        resolved["alerts"][0]["status"] = "resolved"
+        assert worker.post("/api/v2/alerts", json.dumps(resolved).encode()).status_code == 200
+        webhooks = notifications(broker, prefix, "webhook", 2)
+        assert [w["statuses"] for w in webhooks] == [
+            {"a4c6c4f7a49ca0ae": "firing"}, {"a4c6c4f7a49ca0ae": "resolved"}]
+    finally:
+        worker.stop()

@@ -379,6 +379,9 @@ class NotificationManagerSpec(_Model):
     group_labels: list[str] | None = Field(None, alias="groupLabels")
     batch_max_size: int | None = Field(None, ge=1, alias="batchMaxSize")
     batch_max_wait: str | None = Field(None, alias="batchMaxWait")
+    dedup_window: str | None = Field(
+        None, alias="dedupWindow", description="nmstream: drop repeats within it; 0s disables"
+    )
 
 
 # --- kinds ---------------------------------------------------------------------------------

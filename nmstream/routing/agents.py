@@ -3,7 +3,8 @@
 ``route``: each alert of ``nmstream-alerts`` → one record per receiver that gets it on
 ``nmstream-routed``, keyed by the receiver's group id so that a group lives on one partition.
 
-``group``: collects a receiver's alerts by the NotificationManager's ``groupLabels`` and
+``group``: drops repeats within ``dedupWindow`` (see :mod:`nmstream.routing.dedup`), collects
+a receiver's alerts by the NotificationManager's ``groupLabels`` and
 flushes a group to ``nmstream-groups`` when it reaches ``batchMaxSize`` or ``batchMaxWait``
 after its first alert. Its events are acknowledged only once the group is in Kafka, so the
 committed offset never passes a pending alert: after a crash or a rebalance the worker that
@@ -27,9 +28,15 @@ from nmstream.config.agents import state
 from nmstream.config.models import NotificationManager
 from nmstream.config.selection import Selected, channel_of, select
 from nmstream.ingest.models import Alert, AlertRecord, utcnow
-from nmstream.metrics import ALERTS_ROUTED, ALERTS_UNROUTED, GROUPS_FLUSHED
+from nmstream.metrics import (
+    ALERTS_DEDUPLICATED,
+    ALERTS_ROUTED,
+    ALERTS_UNROUTED,
+    GROUPS_FLUSHED,
+)
+from nmstream.routing.dedup import Dedup
 from nmstream.routing.models import AlertGroup, ReceiverRef, RoutedAlert, group_id
-from nmstream.topics import alerts_topic, groups_topic, routed_topic
+from nmstream.topics import GROUPS, ROUTED, alerts_topic, groups_topic, routed_topic
 
 log = logging.getLogger(__name__)
 
@@ -49,27 +56,39 @@ def go_duration(text: str) -> float:
     return sum(float(n) * _UNIT_SECONDS[u] for n, u in parts)
 
 
+def _seconds(value: str | None, name: str, default: float) -> float:
+    if not value:
+        return default
+    try:
+        return go_duration(value)
+    except ValueError as exc:
+        log.warning("NotificationManager %s: %s; using %ss", name, exc, default)
+        return default
+
+
 @dataclass(frozen=True)
 class Batching:
-    """How a NotificationManager groups: labels, size and wait."""
+    """How a NotificationManager groups and deduplicates: labels, size, wait, window."""
 
     labels: tuple[str, ...]
     max_size: int
     max_wait: float
+    dedup_window: float
 
     @classmethod
     def of(cls, manager: NotificationManager | None) -> Batching:
         """The manager's settings, nmstream's defaults where it sets none (or sets garbage)."""
         spec = manager.spec if manager is not None else None
-        wait = settings.batch_max_wait
-        if spec is not None and spec.batch_max_wait:
-            try:
-                wait = go_duration(spec.batch_max_wait)
-            except ValueError as exc:
-                log.warning("NotificationManager batchMaxWait: %s; using %ss", exc, wait)
         labels = spec.group_labels if spec and spec.group_labels else DEFAULT_GROUP_LABELS
         size = spec.batch_max_size if spec and spec.batch_max_size else DEFAULT_BATCH_MAX_SIZE
-        return cls(labels=tuple(labels), max_size=size, max_wait=wait)
+        return cls(
+            labels=tuple(labels),
+            max_size=size,
+            max_wait=_seconds(spec.batch_max_wait if spec else None, "batchMaxWait",
+                              settings.batch_max_wait),
+            dedup_window=_seconds(spec.dedup_window if spec else None, "dedupWindow",
+                                  settings.dedup_window),
+        )
 
 
 def receiver_ref(selected: Selected) -> ReceiverRef:
@@ -143,6 +162,7 @@ class Pending:
 
 
 pending: dict[str, Pending] = {}
+dedup = Dedup()
 
 
 async def flush(gid: str) -> None:
@@ -175,6 +195,14 @@ async def group(stream: Any) -> None:
             log.error("skipping a record of %s that is not a routed alert: %s", routed_topic, exc)
             event.ack()
             continue
+        batching = Batching.of(state.view.manager())
+        partition, offset = event.message.partition, event.message.offset
+        alert = routed.record.alert
+        if not dedup.admit(partition, routed.receiver.key, alert.fingerprint,
+                           alert.status or "firing", (partition, offset), batching.dedup_window):
+            ALERTS_DEDUPLICATED.inc()
+            event.ack()
+            continue
         current = pending.get(routed.group_id)
         if current is None:
             current = pending[routed.group_id] = Pending(
@@ -182,7 +210,7 @@ async def group(stream: Any) -> None:
             )
         current.alerts[routed.record.fingerprint] = routed.record.alert
         current.events.append(event)
-        if len(current.alerts) >= Batching.of(state.view.manager()).max_size:
+        if len(current.alerts) >= batching.max_size:
             await flush(routed.group_id)
 
 
@@ -195,9 +223,32 @@ async def flusher() -> None:
         await flush(gid)
 
 
+@app.timer(1.0)  # type: ignore[untyped-decorator]
+async def expire_dedup() -> None:
+    """Forget alerts sent longer than ``dedupWindow`` ago."""
+    dedup.purge(Batching.of(state.view.manager()).dedup_window)
+
+
+def _routed_partitions(tps: set[TP]) -> set[int]:
+    return {tp.partition for tp in tps if tp.topic == ROUTED.name}
+
+
 @app.on_partitions_revoked.connect
 async def drop_revoked(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
-    """Forget groups of partitions this worker lost: their new owner rebuilds them."""
+    """Forget groups and dedup state of partitions this worker lost: the new owner rebuilds."""
     revoked: set[TP] = args[0]
     for gid in [g for g, p in pending.items() if p.tp in revoked]:
         del pending[gid]
+    dedup.forget(_routed_partitions(revoked))
+
+
+@app.on_partitions_assigned.connect
+async def rebuild_dedup(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
+    """Load what was sent within the window for the partitions this worker now owns."""
+    assigned: set[TP] = args[0]
+    partitions = _routed_partitions(assigned)
+    window = Batching.of(state.view.manager()).dedup_window
+    try:
+        await dedup.rebuild(settings.bootstrap_servers, GROUPS.name, partitions, window)
+    except Exception as exc:  # Kafka trouble: start empty (a repeat may be sent, none lost)
+        log.warning("cannot rebuild dedup state (%s); starting empty", exc)

@@ -1,0 +1,115 @@
+"""Deduplication: the same alert (fingerprint and status) for the same receiver within
+``dedupWindow`` is sent once — what Alertmanager HA pairs otherwise produce twice.
+
+The state is a table kept in memory per partition of ``nmstream-routed`` and expired after the
+window. It is rebuilt when a partition is assigned from the last window of ``nmstream-groups``:
+that topic has the same key (group id) and partition count, so partition P of one holds what
+was flushed from partition P of the other. Rebuilding from the topic by timestamp avoids
+trusting the broker's end offsets (see ``../shared/notes/broker.md``). An alert that was routed
+but not yet flushed when a worker died is *not* in the rebuilt state, so its replay is accepted.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from nmstream.routing.models import AlertGroup
+
+log = logging.getLogger(__name__)
+
+REBUILD_TIMEOUT = 30.0
+
+
+@dataclass(frozen=True)
+class Seen:
+    """The last status of an alert for a receiver, when, and from which routed record."""
+
+    status: str
+    at: float
+    source: tuple[int, int] | None = None  # (partition, offset) of nmstream-routed
+
+
+@dataclass
+class Dedup:
+    """``(partition, receiver, fingerprint) → Seen``, expiring after the window."""
+
+    seen: dict[tuple[int, str, str], Seen] = field(default_factory=dict)
+
+    def admit(
+        self, partition: int, receiver: str, fingerprint: str, status: str,
+        source: tuple[int, int], window: float, now: float | None = None,
+    ) -> bool:
+        """Whether to send this alert; a replay of the same record is always admitted."""
+        now = time.time() if now is None else now
+        key = (partition, receiver, fingerprint)
+        last = self.seen.get(key)
+        if (
+            window > 0
+            and last is not None
+            and last.status == status
+            and now - last.at < window
+            and last.source != source
+        ):
+            return False
+        self.seen[key] = Seen(status, now, source)
+        return True
+
+    def purge(self, window: float, now: float | None = None) -> None:
+        """Forget what is older than the window."""
+        now = time.time() if now is None else now
+        for key in [k for k, v in self.seen.items() if now - v.at >= window]:
+            del self.seen[key]
+
+    def forget(self, partitions: set[int]) -> None:
+        """Drop the state of partitions this worker no longer owns."""
+        for key in [k for k in self.seen if k[0] in partitions]:
+            del self.seen[key]
+
+    async def rebuild(
+        self, bootstrap: list[str], groups_topic: str, partitions: set[int], window: float
+    ) -> None:
+        """Load what was flushed within the window from ``nmstream-groups``."""
+        if window <= 0 or not partitions:
+            return
+        since_ms = int((time.time() - window) * 1000)
+        consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None,
+                                    enable_auto_commit=False)
+        await consumer.start()
+        try:
+            tps = [TopicPartition(groups_topic, p) for p in sorted(partitions)]
+            consumer.assign(tps)
+            starts = await consumer.offsets_for_times({tp: since_ms for tp in tps})
+            for tp in tps:
+                found = starts.get(tp)
+                if found is None:
+                    await consumer.seek_to_end(tp)
+                else:
+                    consumer.seek(tp, found.offset)
+            remaining = set(tps)
+            deadline = time.monotonic() + REBUILD_TIMEOUT
+            while remaining and time.monotonic() < deadline:
+                batches = await consumer.getmany(*remaining, timeout_ms=500)
+                for tp, records in batches.items():
+                    for record in records:
+                        if record.timestamp >= since_ms and record.value is not None:
+                            self._load(tp.partition, record.timestamp / 1000, record.value)
+                for tp in list(remaining):
+                    highwater = consumer.highwater(tp)
+                    if highwater is not None and await consumer.position(tp) >= highwater:
+                        remaining.discard(tp)
+        finally:
+            await consumer.stop()
+        log.info("dedup state rebuilt for partitions %s: %d entries", sorted(partitions),
+                 len(self.seen))
+
+    def _load(self, partition: int, at: float, value: bytes) -> None:
+        group = AlertGroup.model_validate_json(value)
+        for alert in group.alerts:
+            key = (partition, group.receiver.key, alert.fingerprint)
+            last = self.seen.get(key)
+            if last is None or last.at <= at:
+                self.seen[key] = Seen(alert.status or "firing", at)
