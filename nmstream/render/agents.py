@@ -10,15 +10,13 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from pydantic import ValidationError
-
 from nmstream.app import app
 from nmstream.config.agents import state
 from nmstream.ingest.models import utcnow
 from nmstream.metrics import NOTIFICATIONS_RENDERED, RENDER_FAILURES
 from nmstream.render.engine import Renderer, TemplateError, choose
 from nmstream.render.models import DeadLetter, Notification, notification_id
-from nmstream.routing.models import AlertGroup
+from nmstream.routing.models import AlertGroup, decode
 from nmstream.topics import dlq_topics, groups_topic, notify_topics
 
 log = logging.getLogger(__name__)
@@ -68,10 +66,8 @@ def notifications(group: AlertGroup) -> list[Notification]:
 async def render(stream: Any) -> None:
     """Group → notifications (or a dead letter when its template fails)."""
     async for value in stream:
-        try:
-            group = AlertGroup.model_validate_json(value)
-        except ValidationError as exc:
-            log.error("skipping a record of %s that is not a group: %s", groups_topic, exc)
+        group = decode(AlertGroup, value, groups_topic)
+        if group is None:
             continue
         channel = group.receiver.channel
         try:

@@ -21,7 +21,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from faust.types import TP
-from pydantic import ValidationError
 
 from nmstream.app import app, settings
 from nmstream.config.agents import state
@@ -35,7 +34,7 @@ from nmstream.metrics import (
     GROUPS_FLUSHED,
 )
 from nmstream.routing.dedup import Dedup
-from nmstream.routing.models import AlertGroup, ReceiverRef, RoutedAlert, group_id
+from nmstream.routing.models import AlertGroup, ReceiverRef, RoutedAlert, decode, group_id
 from nmstream.topics import GROUPS, ROUTED, alerts_topic, groups_topic, routed_topic
 
 log = logging.getLogger(__name__)
@@ -114,10 +113,8 @@ async def route(stream: Any) -> None:
     """Alert → one routed record per receiver that gets it."""
     await state.reader.synced.wait()
     async for value in stream:
-        try:
-            record = AlertRecord.model_validate_json(value)
-        except ValidationError as exc:
-            log.error("skipping a record of %s that is not an alert: %s", alerts_topic, exc)
+        record = decode(AlertRecord, value, alerts_topic)
+        if record is None:
             continue
         selection = select(record.alert.labels, state.view.snapshot())
         for skipped in selection.skipped:
@@ -189,10 +186,8 @@ async def flush(gid: str) -> None:
 async def group(stream: Any) -> None:
     """Collect routed alerts into groups; flush on size here, on time in :func:`flusher`."""
     async for event in stream.noack().events():
-        try:
-            routed = RoutedAlert.model_validate_json(event.value)
-        except ValidationError as exc:
-            log.error("skipping a record of %s that is not a routed alert: %s", routed_topic, exc)
+        routed = decode(RoutedAlert, event.value, routed_topic)
+        if routed is None:
             event.ack()
             continue
         batching = Batching.of(state.view.manager())

@@ -5,12 +5,28 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from nmstream.ingest.models import Alert, AlertRecord
+
+log = logging.getLogger(__name__)
+
+
+R = TypeVar("R", bound=BaseModel)
+
+
+def decode(model: type[R], value: bytes, topic: Any) -> R | None:
+    """Parse a topic record, or log and return None for one that does not fit (never raise:
+    one bad record must not stop an agent)."""
+    try:
+        return model.model_validate_json(value)
+    except ValidationError as exc:
+        log.error("skipping a record of %s that is not a %s: %s", topic, model.__name__, exc)
+        return None
 
 
 class Record(BaseModel):
