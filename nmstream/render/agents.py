@@ -53,6 +53,7 @@ def notifications(group: AlertGroup) -> list[Notification]:
             group_labels=group.group_labels,
             subject=message.subject,
             body=message.body,
+            text=message.text,
             fingerprints=list(statuses),
             statuses=statuses,
             part=part,

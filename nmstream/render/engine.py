@@ -33,6 +33,8 @@ DEFAULT_TEMPLATES: dict[str, tuple[str | None, str]] = {
     "wechat": (None, "nm.default.text"),
     "dingtalk": (None, "nm.default.text"),
 }
+#: Email's plain-text alternative to the HTML body.
+EMAIL_TEXT = "nm.default.text"
 #: Largest message body a channel accepts, and how it is measured.
 LIMITS: dict[str, tuple[int, Callable[[str], int]]] = {
     "wechat": (2048, lambda text: len(text.encode())),
@@ -145,11 +147,12 @@ def choose(channel: str, receiver_spec: Any, manager: NotificationManager | None
 
 @dataclass(frozen=True)
 class Message:
-    """One rendered message: subject (email only), body, and the alerts it carries."""
+    """One rendered message: subject and plain-text part (email only), body, its alerts."""
 
     subject: str | None
     body: str
     alerts: tuple[Alert, ...]
+    text: str | None = None
 
 
 class Renderer:
@@ -178,7 +181,8 @@ class Renderer:
         data = template_data(group, alerts)
         subject = self.render_one(choice.subject, data) if choice.subject else None
         body = self.render_one(choice.body, {**data, "subject": subject or ""})
-        return Message(subject, body, tuple(alerts))
+        text = self.render_one(EMAIL_TEXT, data) if group.receiver.channel == "email" else None
+        return Message(subject, body, tuple(alerts), text)
 
     def render(self, channel: str, choice: Choice, group: AlertGroup) -> list[Message]:
         """The group's messages: one, or several when the channel's size limit requires,
@@ -212,4 +216,4 @@ class Renderer:
             if measure(body + TRUNCATED) <= size_limit:
                 body += TRUNCATED
                 break
-        return Message(message.subject, body, message.alerts)
+        return Message(message.subject, body, message.alerts, message.text)

@@ -28,6 +28,7 @@ class Notification(Record):
     group_labels: dict[str, str]
     subject: str | None
     body: str
+    text: str | None = Field(None, description="email: the plain-text alternative")
     fingerprints: list[str]
     statuses: dict[str, str] = Field(description="fingerprint → firing|resolved")
     part: int = Field(1, ge=1)

@@ -1,0 +1,1 @@
+"""Delivery: one module per channel behind the :class:`~nmstream.channels.base.Notifier`."""

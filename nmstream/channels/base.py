@@ -1,0 +1,151 @@
+"""The one small interface every channel implements, and what a send can end in.
+
+Modelled on Alertmanager's ``notify`` package: a sender answers *delivered*, *retryable*
+(network errors, timeouts, 429/5xx, rate limits, expired tokens) or *permanent* (bad request,
+invalid recipient, bad credentials), with the reason. Every send is bounded by the channel's
+``notificationTimeout``, and reasons never carry a secret value.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import ssl
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from nmstream.config.models import SecretKeySelector, TLSConfig
+from nmstream.render.models import Notification
+
+DEFAULT_TIMEOUT = 5.0
+
+
+class Verdict(enum.StrEnum):
+    """How a send ended."""
+
+    DELIVERED = "delivered"
+    RETRYABLE = "retryable"
+    PERMANENT = "permanent"
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """A send's verdict, its reason, when to retry, and targets that failed alone."""
+
+    verdict: Verdict
+    reason: str = ""
+    retry_after: float | None = None
+    failed_targets: tuple[str, ...] = ()
+
+    @classmethod
+    def delivered(cls, failed_targets: tuple[str, ...] = (), reason: str = "") -> Outcome:
+        """Sent (possibly with some targets refused, named in ``failed_targets``)."""
+        return cls(Verdict.DELIVERED, reason, None, failed_targets)
+
+    @classmethod
+    def retryable(cls, reason: str, retry_after: float | None = None) -> Outcome:
+        """Worth trying again later."""
+        return cls(Verdict.RETRYABLE, reason, retry_after)
+
+    @classmethod
+    def permanent(cls, reason: str) -> Outcome:
+        """Trying again will not help."""
+        return cls(Verdict.PERMANENT, reason)
+
+
+@dataclass
+class Secrets:
+    """Resolves secret references for one send and remembers the values to redact."""
+
+    resolve: Callable[[SecretKeySelector], bytes]
+    used: list[str] = field(default_factory=list)
+
+    def text(self, ref: SecretKeySelector) -> str:
+        """A secret value as text (whitespace around it stripped, as files often end in \\n)."""
+        value = self.resolve(ref).decode().strip()
+        self.used.append(value)
+        return value
+
+    def redact(self, text: str) -> str:
+        """``text`` with every secret value used in this send replaced by ``***``."""
+        for value in sorted(self.used, key=len, reverse=True):
+            if value:
+                text = text.replace(value, "***")
+        return text
+
+
+@dataclass
+class SendContext:
+    """What a sender needs besides the notification: config, secrets, options."""
+
+    config: Any
+    secrets: Secrets
+    timeout: float = DEFAULT_TIMEOUT
+    options: Any = None
+
+
+class Notifier(Protocol):
+    """A channel's sender."""
+
+    channel: str
+
+    async def send(self, notification: Notification, ctx: SendContext) -> Outcome:
+        """Deliver one notification; network and protocol errors become outcomes."""
+        ...
+
+
+async def bounded_send(notifier: Notifier, notification: Notification, ctx: SendContext) -> Outcome:
+    """``notifier.send`` within ``ctx.timeout``; an exception becomes a retryable outcome,
+    and no reason ever shows a secret value."""
+    try:
+        async with asyncio.timeout(ctx.timeout):
+            outcome = await notifier.send(notification, ctx)
+    except TimeoutError:
+        outcome = Outcome.retryable(f"no answer within notificationTimeout {ctx.timeout:g}s")
+    except (OSError, asyncio.IncompleteReadError, ssl.SSLError) as exc:
+        outcome = Outcome.retryable(f"{type(exc).__name__}: {exc}")
+    return Outcome(
+        outcome.verdict, ctx.secrets.redact(outcome.reason), outcome.retry_after,
+        outcome.failed_targets,
+    )
+
+
+def ssl_context(tls: TLSConfig | None, secrets: Secrets) -> ssl.SSLContext:
+    """Verification on by default; root CA, client certificate and insecureSkipVerify honoured."""
+    context = ssl.create_default_context()
+    if tls is None:
+        return context
+    if tls.root_ca is not None:
+        context.load_verify_locations(cadata=secrets.text(tls.root_ca))
+    if tls.client_certificate and tls.client_certificate.cert and tls.client_certificate.key:
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as directory:
+            cert, key = f"{directory}/cert.pem", f"{directory}/key.pem"
+            with open(cert, "w") as out:
+                out.write(secrets.text(tls.client_certificate.cert))
+            with open(key, "w") as out:
+                out.write(secrets.text(tls.client_certificate.key))
+            context.load_cert_chain(cert, key)
+    if tls.insecure_skip_verify:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+def http_verdict(status: int, body: str, retry_after: str | None) -> Outcome:
+    """The usual HTTP mapping: 2xx delivered, 429 and 5xx retryable, other 4xx permanent."""
+    if 200 <= status < 300:
+        return Outcome.delivered()
+    reason = f"HTTP {status}: {body[:300]}"
+    if status == 429 or status >= 500:
+        return Outcome.retryable(reason, _seconds(retry_after))
+    return Outcome.permanent(reason)
+
+
+def _seconds(retry_after: str | None) -> float | None:
+    try:
+        return float(retry_after) if retry_after else None
+    except ValueError:
+        return None

@@ -1,0 +1,68 @@
+"""Webhook: POST the rendered body (by default the Alertmanager webhook JSON) to a URL or an
+in-cluster Service, with bearer token or basic auth and TLS options from ``httpConfig``."""
+
+from __future__ import annotations
+
+import aiohttp
+
+from nmstream.channels.base import Outcome, SendContext, http_verdict, ssl_context
+from nmstream.config.models import ServiceReference, WebhookReceiverSpec
+from nmstream.render.models import Notification
+
+
+def endpoint(spec: WebhookReceiverSpec) -> str:
+    """The receiver's ``url``, or its Service's URL (the model guarantees one of them)."""
+    if spec.url is not None:
+        return spec.url
+    if spec.service is None:
+        raise ValueError("webhook receiver has neither url nor service")
+    return service_url(spec.service)
+
+
+def service_url(service: ServiceReference) -> str:
+    """``scheme://name.namespace.svc:port/path`` (port defaults to 443, as upstream)."""
+    scheme = service.scheme or "http"
+    path = service.path or ""
+    if path and not path.startswith("/"):
+        path = "/" + path
+    return f"{scheme}://{service.name}.{service.namespace}.svc:{service.port or 443}{path}"
+
+
+class WebhookNotifier:
+    """Sends to the receiver's webhook."""
+
+    channel = "webhook"
+
+    def __init__(self) -> None:
+        self._session: aiohttp.ClientSession | None = None
+
+    def session(self) -> aiohttp.ClientSession:
+        """One pooled session per worker (connections are reused)."""
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession()
+        return self._session
+
+    async def close(self) -> None:
+        """Close pooled connections."""
+        if self._session is not None:
+            await self._session.close()
+
+    async def send(self, notification: Notification, ctx: SendContext) -> Outcome:
+        """POST the body; 2xx delivered, 429/5xx retryable, other 4xx permanent."""
+        spec = WebhookReceiverSpec.model_validate(notification.receiver.targets)
+        url = endpoint(spec)
+        headers = {"Content-Type": "application/json"}
+        auth = None
+        http = spec.http_config
+        if http is not None and http.bearer_token is not None:
+            headers["Authorization"] = f"Bearer {ctx.secrets.text(http.bearer_token)}"
+        if http is not None and http.basic_auth is not None:
+            basic = http.basic_auth
+            password = ctx.secrets.text(basic.password) if basic.password else ""
+            auth = aiohttp.BasicAuth(basic.username, password)
+        tls = ssl_context(http.tls_config if http else None, ctx.secrets)
+        async with self.session().post(
+            url, data=notification.body.encode(), headers=headers, auth=auth, ssl=tls
+        ) as response:
+            text = await response.text(errors="replace")
+            return http_verdict(response.status, text, response.headers.get("Retry-After"))
