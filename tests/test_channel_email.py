@@ -110,7 +110,7 @@ async def test_plain_smtp_delivers_a_multipart_text_and_html_message(
     assert mail["Subject"] == "2 alerts for  alertname=A "
     assert mail["From"] == "alerts@example.org"
     assert mail.get_content_type() == "multipart/alternative"
-    parts = {p.get_content_type(): p.get_payload(decode=True) for p in mail.walk()
+    parts = {p.get_content_type(): bytes(p.get_payload(decode=True)) for p in mail.walk()
              if not p.is_multipart()}
     assert parts["text/plain"].startswith(b"2 alerts for  alertname=A")
     assert b"<h2>2 alerts</h2>" in parts["text/html"]
