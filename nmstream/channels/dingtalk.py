@@ -1,0 +1,171 @@
+"""DingTalk: a custom chatbot (signed webhook, keywords, at most 20 messages a minute) and/or
+enterprise conversations (``gettoken`` cached, then ``chat/send`` per chat id). Success only
+on ``errcode == 0``."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import hmac
+import time
+from collections import deque
+from typing import Any
+from urllib.parse import quote_plus
+
+import aiohttp
+
+from nmstream.channels.base import Outcome, SendContext, http_verdict
+from nmstream.channels.tokens import TokenCache
+from nmstream.config.models import DingTalkChatBot, DingTalkConfig, DingTalkReceiverSpec
+from nmstream.render.models import Notification
+
+BOT_LIMIT = 20
+BOT_PERIOD = 60.0
+TOKEN_ERRORS = {40014, 42001}
+RETRYABLE_ERRORS = {-1, 130101, 90018, 410100}
+
+
+def sign(secret: str, timestamp_ms: int) -> str:
+    """``base64(HMAC-SHA256(secret, "{timestamp}\\n{secret}"))``, as the chatbot API wants."""
+    digest = hmac.new(secret.encode(), f"{timestamp_ms}\n{secret}".encode(), hashlib.sha256)
+    return base64.b64encode(digest.digest()).decode()
+
+
+def with_keywords(text: str, keywords: list[str]) -> str:
+    """The text with every keyword it lacks appended, so the bot's filter accepts it."""
+    missing = [k for k in keywords if k not in text]
+    return f"{text}\n{' '.join(missing)}" if missing else text
+
+
+class RateLimiter:
+    """At most ``limit`` sends per ``period`` per key; a send waits for a slot up to a bound."""
+
+    def __init__(self, limit: int = BOT_LIMIT, period: float = BOT_PERIOD) -> None:
+        self.limit, self.period = limit, period
+        self.sent: dict[str, deque[float]] = {}
+
+    async def acquire(self, key: str, max_wait: float) -> float:
+        """Take a slot, waiting for one up to ``max_wait``: 0 when taken, else the seconds
+        until a slot frees (nothing was taken)."""
+        times = self.sent.setdefault(key, deque())
+        while True:
+            now = time.monotonic()
+            while times and now - times[0] >= self.period:
+                times.popleft()
+            if len(times) < self.limit:
+                times.append(now)
+                return 0.0
+            wait = times[0] + self.period - now
+            if wait > max_wait:
+                return wait
+            await asyncio.sleep(wait)
+
+
+class ApiError(Exception):
+    """A DingTalk answer with a non-zero errcode."""
+
+    def __init__(self, answer: dict[str, Any]) -> None:
+        super().__init__(f"dingtalk errcode {answer.get('errcode')}: {answer.get('errmsg', '')}")
+        self.code = int(answer.get("errcode", -1))
+
+
+class DingTalkNotifier:
+    """Sends to a receiver's chatbot and conversations."""
+
+    channel = "dingtalk"
+
+    def __init__(self, api_url: str) -> None:
+        self.api_url = api_url.rstrip("/") + "/"
+        self.tokens = TokenCache()
+        self.limiter = RateLimiter()
+        self._session: aiohttp.ClientSession | None = None
+
+    def session(self) -> aiohttp.ClientSession:
+        """One pooled session per worker."""
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession()
+        return self._session
+
+    async def close(self) -> None:
+        """Close pooled connections."""
+        if self._session is not None:
+            await self._session.close()
+
+    async def _call(self, method: str, url: str, **kwargs: Any) -> dict[str, Any]:
+        async with self.session().request(method, url, **kwargs) as response:
+            if response.status != 200:
+                raise aiohttp.ClientResponseError(
+                    response.request_info, (), status=response.status,
+                    message=(await response.text())[:200],
+                    headers=response.headers,
+                )
+            answer: dict[str, Any] = await response.json(content_type=None)
+        if answer.get("errcode", 0) != 0:
+            raise ApiError(answer)
+        return answer
+
+    async def send(self, notification: Notification, ctx: SendContext) -> Outcome:
+        """The chatbot first, then each conversation; the first failure decides."""
+        receiver = DingTalkReceiverSpec.model_validate(notification.receiver.targets)
+        try:
+            if receiver.chatbot is not None:
+                waited = await self._chatbot(receiver.chatbot, notification.body, ctx)
+                if waited is not None:
+                    return waited
+            chat_ids = receiver.conversation.all_ids() if receiver.conversation else []
+            if chat_ids:
+                await self._conversations(chat_ids, notification.body, ctx)
+        except ApiError as exc:
+            if exc.code in RETRYABLE_ERRORS or exc.code in TOKEN_ERRORS:
+                return Outcome.retryable(str(exc))
+            return Outcome.permanent(str(exc))
+        except aiohttp.ClientResponseError as exc:
+            retry_after = exc.headers.get("Retry-After") if exc.headers else None
+            return http_verdict(exc.status, exc.message, retry_after)
+        return Outcome.delivered()
+
+    async def _chatbot(self, bot: DingTalkChatBot, text: str, ctx: SendContext) -> Outcome | None:
+        url = ctx.secrets.text(bot.webhook)
+        wait = await self.limiter.acquire(hashlib.sha256(url.encode()).hexdigest(),
+                                          max_wait=ctx.timeout * 0.8)
+        if wait:
+            return Outcome.retryable(f"chatbot sends {BOT_LIMIT} messages a minute at most",
+                                     retry_after=wait)
+        if bot.secret is not None:
+            timestamp = int(time.time() * 1000)
+            signature = quote_plus(sign(ctx.secrets.text(bot.secret), timestamp))
+            url += f"{'&' if '?' in url else '?'}timestamp={timestamp}&sign={signature}"
+        payload = {
+            "msgtype": "text",
+            "text": {"content": with_keywords(text, bot.keywords)},
+            "at": {"atMobiles": bot.at_mobiles, "atUserIds": bot.at_users, "isAtAll": bot.at_all},
+        }
+        await self._call("POST", url, json=payload)
+        return None
+
+    async def _conversations(self, chat_ids: list[str], text: str, ctx: SendContext) -> None:
+        config: DingTalkConfig | None = ctx.config
+        app = config.spec.conversation if config is not None else None
+        if app is None or app.app_key is None or app.app_secret is None:
+            raise ApiError({"errcode": 400, "errmsg": "conversation needs appkey and appsecret"})
+        key_id, secret = ctx.secrets.text(app.app_key), ctx.secrets.text(app.app_secret)
+        cache_key = (self.api_url, key_id, hashlib.sha256(secret.encode()).hexdigest())
+
+        async def fetch() -> tuple[str, float]:
+            answer = await self._call("GET", self.api_url + "gettoken",
+                                      params={"appkey": key_id, "appsecret": secret})
+            return str(answer["access_token"]), float(answer.get("expires_in", 7200))
+
+        for chat_id in chat_ids:
+            body = {"chatid": chat_id, "msg": {"msgtype": "text", "text": {"content": text}}}
+            for attempt in range(2):
+                token = await self.tokens.get(cache_key, fetch)
+                try:
+                    await self._call("POST", self.api_url + "chat/send",
+                                     params={"access_token": token}, json=body)
+                    break
+                except ApiError as exc:
+                    if exc.code not in TOKEN_ERRORS or attempt:
+                        raise
+                    self.tokens.forget(cache_key)
