@@ -3,7 +3,8 @@
 Data flow, one package per stage: ``ingest`` (HTTP → ``nmstream-alerts``), ``config``
 (custom resources → ``nmstream-config`` → each worker's receivers view), ``routing``
 (alerts → ``nmstream-routed`` → ``nmstream-groups``), ``render`` (groups →
-``nmstream-notify-<channel>``) and ``ops`` (health, readiness, metrics). The topics are in
+``nmstream-notify-<channel>``), ``channels`` (delivery) and ``ops`` (health, readiness,
+metrics). The topics are in
 :mod:`nmstream.topics`.
 """
 
@@ -24,6 +25,7 @@ app = faust.App(
         "nmstream.config",
         "nmstream.routing",
         "nmstream.render",
+        "nmstream.channels",
         "nmstream.ops",
     ],
     store="memory://",

@@ -3,6 +3,7 @@
 ``nmstream dev [WORKER OPTIONS]`` starts the embedded broker and a worker on this machine;
 every other sub-command (``worker``, and the app's own commands) is Faust's CLI.
 ``--config-dir DIR`` (with ``dev`` or ``worker``) follows CR YAML files instead of a cluster.
+``nmstream send-test --receiver NAME`` sends a test notification through a running worker.
 """
 
 from __future__ import annotations
@@ -64,6 +65,39 @@ def dev(argv: list[str]) -> int:
         broker.stop()
 
 
+def send_test(argv: list[str]) -> int:
+    """Ask a running worker to send a test notification through a receiver; print the outcome.
+
+    Exit status: 0 delivered, 1 not delivered, 2 bad usage or no worker answering.
+    """
+    import argparse
+    import json
+    import urllib.error
+    import urllib.request
+
+    parser = argparse.ArgumentParser(prog="nmstream send-test", description=send_test.__doc__)
+    parser.add_argument("--receiver", required=True, help="the receiver's name")
+    parser.add_argument("--kind", help="its kind, e.g. WebhookReceiver, when the name is shared")
+    parser.add_argument("--url", help="the worker's base URL (default: this machine's worker)")
+    args = parser.parse_args(argv)
+    try:
+        base = args.url or f"http://127.0.0.1:{get_settings().web_port}"
+    except SettingsError as exc:
+        return _fail(f"invalid settings:\n{exc}")
+    body = json.dumps({"receiver": args.receiver, "kind": args.kind}).encode()
+    request = urllib.request.Request(f"{base.rstrip('/')}/api/v2/verify", body,
+                                     {"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            answer = json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        answer = json.loads(exc.read() or b"{}")
+    except OSError as exc:
+        return _fail(f"no nmstream worker answers at {base}: {exc}")
+    print(json.dumps(answer, indent=2))
+    return 0 if answer.get("status") == "delivered" else 1
+
+
 def _take_config_dir(args: list[str]) -> list[str]:
     """Remove ``--config-dir DIR`` from ``args`` into ``NMSTREAM_CONFIG_DIR``."""
     rest: list[str] = []
@@ -91,4 +125,6 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(str(exc))
     if args[:1] == ["dev"]:
         return dev(args[1:])
+    if args[:1] == ["send-test"]:
+        return send_test(args[1:])
     return _run_faust(args)

@@ -47,6 +47,18 @@ RENDER_FAILURES = Counter(
     ["channel"],
 )
 
+NOTIFICATIONS_SENT = Counter(
+    "nmstream_notifications_sent",
+    "Delivery attempts by channel and outcome (delivered, retryable, permanent)",
+    ["channel", "outcome"],
+)
+SEND_SECONDS = Histogram(
+    "nmstream_send_seconds",
+    "Time one delivery attempt took, by channel",
+    ["channel"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+
 #: Outcomes of an ingest request, pre-created so every series is exported from the start.
 INGEST_OUTCOMES = ("accepted", "bad_request", "too_large", "unavailable")
 for _outcome in INGEST_OUTCOMES:

