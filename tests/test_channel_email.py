@@ -31,6 +31,13 @@ class Inbox:
 
     def __init__(self) -> None:
         self.messages: list[tuple[list[str], Message]] = []
+        self.greetings = 0
+
+    async def handle_EHLO(self, server: Any, session: Any, envelope: Any, hostname: str,
+                          responses: list[str]) -> list[str]:
+        self.greetings += 1
+        session.host_name = hostname
+        return responses
 
     async def handle_RCPT(self, server: Any, session: Any, envelope: Any, address: str,
                           options: Any) -> str:
@@ -94,9 +101,10 @@ def notification(to: list[str]) -> Notification:
 
 
 async def send(cfg: Any, to: list[str], options: EmailOptions | None = None,
-               values: dict[str, str] | None = None, within: float = 5.0) -> Outcome:
+               values: dict[str, str] | None = None, within: float = 5.0,
+               notifier: EmailNotifier | None = None) -> Outcome:
     ctx = SendContext(cfg, secrets_of(values or {}), within, options)
-    return await bounded_send(EmailNotifier(), notification(to), ctx)
+    return await bounded_send(notifier or EmailNotifier(), notification(to), ctx)
 
 
 async def test_plain_smtp_delivers_a_multipart_text_and_html_message(
@@ -200,3 +208,18 @@ async def test_a_hanging_server_is_cut_at_notification_timeout() -> None:
         outcome = await send(config(port), ["a@example.org"], within=1.0)
     assert outcome.verdict == Verdict.RETRYABLE
     assert loop.time() - started < 3
+
+
+async def test_connections_are_reused_across_notifications(
+    smtp: tuple[Controller, Inbox]
+) -> None:
+    controller, inbox = smtp
+    notifier = EmailNotifier()
+    try:
+        for _ in range(3):
+            outcome = await send(config(controller.port), ["a@example.org"], notifier=notifier)
+            assert outcome.verdict == Verdict.DELIVERED
+        assert len(inbox.messages) == 3
+        assert inbox.greetings == 1
+    finally:
+        await notifier.close()
