@@ -15,6 +15,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+import aiohttp
+
 from nmstream.config.models import SecretKeySelector, TLSConfig
 from nmstream.render.models import Notification
 
@@ -83,6 +85,23 @@ class SendContext:
     secrets: Secrets
     timeout: float = DEFAULT_TIMEOUT
     options: Any = None
+
+
+class PooledHttp:
+    """One aiohttp session per sender and worker, so connections are reused."""
+
+    _session: aiohttp.ClientSession | None = None
+
+    def session(self) -> aiohttp.ClientSession:
+        """The pooled session, opened on first use."""
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession()
+        return self._session
+
+    async def close(self) -> None:
+        """Close pooled connections."""
+        if self._session is not None:
+            await self._session.close()
 
 
 class Notifier(Protocol):

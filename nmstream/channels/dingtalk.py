@@ -10,19 +10,17 @@ import hashlib
 import hmac
 import time
 from collections import deque
-from typing import Any
 from urllib.parse import quote_plus
 
 import aiohttp
 
-from nmstream.channels.base import Outcome, SendContext, http_verdict
-from nmstream.channels.tokens import TokenCache
+from nmstream.channels.base import Outcome, PooledHttp, SendContext, http_verdict
+from nmstream.channels.chatapi import TOKEN_ERRORS, ApiError, TokenCache, call
 from nmstream.config.models import DingTalkChatBot, DingTalkConfig, DingTalkReceiverSpec
 from nmstream.render.models import Notification
 
 BOT_LIMIT = 20
 BOT_PERIOD = 60.0
-TOKEN_ERRORS = {40014, 42001}
 RETRYABLE_ERRORS = {-1, 130101, 90018, 410100}
 
 
@@ -62,15 +60,7 @@ class RateLimiter:
             await asyncio.sleep(wait)
 
 
-class ApiError(Exception):
-    """A DingTalk answer with a non-zero errcode."""
-
-    def __init__(self, answer: dict[str, Any]) -> None:
-        super().__init__(f"dingtalk errcode {answer.get('errcode')}: {answer.get('errmsg', '')}")
-        self.code = int(answer.get("errcode", -1))
-
-
-class DingTalkNotifier:
+class DingTalkNotifier(PooledHttp):
     """Sends to a receiver's chatbot and conversations."""
 
     channel = "dingtalk"
@@ -79,31 +69,6 @@ class DingTalkNotifier:
         self.api_url = api_url.rstrip("/") + "/"
         self.tokens = TokenCache()
         self.limiter = RateLimiter()
-        self._session: aiohttp.ClientSession | None = None
-
-    def session(self) -> aiohttp.ClientSession:
-        """One pooled session per worker."""
-        if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession()
-        return self._session
-
-    async def close(self) -> None:
-        """Close pooled connections."""
-        if self._session is not None:
-            await self._session.close()
-
-    async def _call(self, method: str, url: str, **kwargs: Any) -> dict[str, Any]:
-        async with self.session().request(method, url, **kwargs) as response:
-            if response.status != 200:
-                raise aiohttp.ClientResponseError(
-                    response.request_info, (), status=response.status,
-                    message=(await response.text())[:200],
-                    headers=response.headers,
-                )
-            answer: dict[str, Any] = await response.json(content_type=None)
-        if answer.get("errcode", 0) != 0:
-            raise ApiError(answer)
-        return answer
 
     async def send(self, notification: Notification, ctx: SendContext) -> Outcome:
         """The chatbot first, then each conversation; the first failure decides."""
@@ -141,19 +106,20 @@ class DingTalkNotifier:
             "text": {"content": with_keywords(text, bot.keywords)},
             "at": {"atMobiles": bot.at_mobiles, "atUserIds": bot.at_users, "isAtAll": bot.at_all},
         }
-        await self._call("POST", url, json=payload)
+        await call(self.session(), "dingtalk", "POST", url, json=payload)
         return None
 
     async def _conversations(self, chat_ids: list[str], text: str, ctx: SendContext) -> None:
         config: DingTalkConfig | None = ctx.config
         app = config.spec.conversation if config is not None else None
         if app is None or app.app_key is None or app.app_secret is None:
-            raise ApiError({"errcode": 400, "errmsg": "conversation needs appkey and appsecret"})
+            missing = {"errcode": 400, "errmsg": "conversation needs appkey and appsecret"}
+            raise ApiError("dingtalk", missing)
         key_id, secret = ctx.secrets.text(app.app_key), ctx.secrets.text(app.app_secret)
         cache_key = (self.api_url, key_id, hashlib.sha256(secret.encode()).hexdigest())
 
         async def fetch() -> tuple[str, float]:
-            answer = await self._call("GET", self.api_url + "gettoken",
+            answer = await call(self.session(), "dingtalk", "GET", self.api_url + "gettoken",
                                       params={"appkey": key_id, "appsecret": secret})
             return str(answer["access_token"]), float(answer.get("expires_in", 7200))
 
@@ -162,7 +128,7 @@ class DingTalkNotifier:
             for attempt in range(2):
                 token = await self.tokens.get(cache_key, fetch)
                 try:
-                    await self._call("POST", self.api_url + "chat/send",
+                    await call(self.session(), "dingtalk", "POST", self.api_url + "chat/send",
                                      params={"access_token": token}, json=body)
                     break
                 except ApiError as exc:

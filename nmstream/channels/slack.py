@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import aiohttp
-
-from nmstream.channels.base import Outcome, SendContext, http_verdict
+from nmstream.channels.base import Outcome, PooledHttp, SendContext, http_verdict
 from nmstream.config.models import SlackConfig, SlackReceiverSpec
 from nmstream.render.models import Notification
 
@@ -16,25 +14,13 @@ RETRYABLE_ERRORS = {
 }
 
 
-class SlackNotifier:
+class SlackNotifier(PooledHttp):
     """Posts to a Slack channel."""
 
     channel = "slack"
 
     def __init__(self, api_url: str) -> None:
         self.api_url = api_url.rstrip("/") + "/"
-        self._session: aiohttp.ClientSession | None = None
-
-    def session(self) -> aiohttp.ClientSession:
-        """One pooled session per worker."""
-        if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession()
-        return self._session
-
-    async def close(self) -> None:
-        """Close pooled connections."""
-        if self._session is not None:
-            await self._session.close()
 
     async def send(self, notification: Notification, ctx: SendContext) -> Outcome:
         """One ``chat.postMessage``; 429 and ``ratelimited`` honour ``Retry-After``."""

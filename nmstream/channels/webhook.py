@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import aiohttp
 
-from nmstream.channels.base import Outcome, SendContext, http_verdict, ssl_context
+from nmstream.channels.base import Outcome, PooledHttp, SendContext, http_verdict, ssl_context
 from nmstream.config.models import ServiceReference, WebhookReceiverSpec
 from nmstream.render.models import Notification
 
@@ -28,24 +28,10 @@ def service_url(service: ServiceReference) -> str:
     return f"{scheme}://{service.name}.{service.namespace}.svc:{service.port or 443}{path}"
 
 
-class WebhookNotifier:
+class WebhookNotifier(PooledHttp):
     """Sends to the receiver's webhook."""
 
     channel = "webhook"
-
-    def __init__(self) -> None:
-        self._session: aiohttp.ClientSession | None = None
-
-    def session(self) -> aiohttp.ClientSession:
-        """One pooled session per worker (connections are reused)."""
-        if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession()
-        return self._session
-
-    async def close(self) -> None:
-        """Close pooled connections."""
-        if self._session is not None:
-            await self._session.close()
 
     async def send(self, notification: Notification, ctx: SendContext) -> Outcome:
         """POST the body; 2xx delivered, 429/5xx retryable, other 4xx permanent."""

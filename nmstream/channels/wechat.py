@@ -7,26 +7,16 @@ An expired or invalid token (errcode 42001 / 40014) is refreshed and the send tr
 from __future__ import annotations
 
 import hashlib
-from typing import Any
 
 import aiohttp
 
-from nmstream.channels.base import Outcome, SendContext, http_verdict
-from nmstream.channels.tokens import TokenCache
+from nmstream.channels.base import Outcome, PooledHttp, SendContext, http_verdict
+from nmstream.channels.chatapi import TOKEN_ERRORS, ApiError, TokenCache, call
 from nmstream.config.models import WechatConfig, WechatReceiverSpec
 from nmstream.render.models import Notification
 
 DEFAULT_API = "https://qyapi.weixin.qq.com/cgi-bin/"
-TOKEN_ERRORS = {40014, 42001}
 RETRYABLE_ERRORS = {-1, 45009, 45033}
-
-
-class ApiError(Exception):
-    """A WeChat answer with a non-zero errcode."""
-
-    def __init__(self, answer: dict[str, Any]) -> None:
-        super().__init__(f"wechat errcode {answer.get('errcode')}: {answer.get('errmsg', '')}")
-        self.code = int(answer.get("errcode", -1))
 
 
 def _verdict(exc: ApiError) -> Outcome:
@@ -35,37 +25,13 @@ def _verdict(exc: ApiError) -> Outcome:
     return Outcome.permanent(str(exc))
 
 
-class WechatNotifier:
+class WechatNotifier(PooledHttp):
     """Sends application text messages."""
 
     channel = "wechat"
 
     def __init__(self) -> None:
         self.tokens = TokenCache()
-        self._session: aiohttp.ClientSession | None = None
-
-    def session(self) -> aiohttp.ClientSession:
-        """One pooled session per worker."""
-        if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession()
-        return self._session
-
-    async def close(self) -> None:
-        """Close pooled connections."""
-        if self._session is not None:
-            await self._session.close()
-
-    async def _call(self, method: str, url: str, **kwargs: Any) -> dict[str, Any]:
-        async with self.session().request(method, url, **kwargs) as response:
-            if response.status != 200:
-                raise aiohttp.ClientResponseError(
-                    response.request_info, (), status=response.status,
-                    message=(await response.text())[:200],
-                )
-            answer: dict[str, Any] = await response.json(content_type=None)
-        if answer.get("errcode", 0) != 0:
-            raise ApiError(answer)
-        return answer
 
     async def send(self, notification: Notification, ctx: SendContext) -> Outcome:
         """Send; refresh the token once if the API says it expired."""
@@ -77,7 +43,7 @@ class WechatNotifier:
         key = (api, spec.wechat_api_corp_id, hashlib.sha256(secret.encode()).hexdigest())
 
         async def fetch() -> tuple[str, float]:
-            answer = await self._call("GET", api + "gettoken",
+            answer = await call(self.session(), "wechat", "GET", api + "gettoken",
                                       params={"corpid": spec.wechat_api_corp_id,
                                               "corpsecret": secret})
             return str(answer["access_token"]), float(answer.get("expires_in", 7200))
@@ -95,7 +61,7 @@ class WechatNotifier:
             for attempt in range(2):
                 token = await self.tokens.get(key, fetch)
                 try:
-                    answer = await self._call("POST", api + "message/send",
+                    answer = await call(self.session(), "wechat", "POST", api + "message/send",
                                               params={"access_token": token}, json=body)
                     break
                 except ApiError as exc:

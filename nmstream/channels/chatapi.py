@@ -1,0 +1,64 @@
+"""What the WeChat Work and DingTalk APIs share: JSON answers with an ``errcode``, and access
+tokens cached until they expire."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import aiohttp
+
+#: errcodes of an expired or invalid access token: refresh it and try once more.
+TOKEN_ERRORS = {40014, 42001}
+
+
+class ApiError(Exception):
+    """An answer with a non-zero ``errcode``."""
+
+    def __init__(self, product: str, answer: dict[str, Any]) -> None:
+        code, message = answer.get("errcode"), answer.get("errmsg", "")
+        super().__init__(f"{product} errcode {code}: {message}")
+        self.code = int(code if code is not None else -1)
+
+
+async def call(
+    session: aiohttp.ClientSession, product: str, method: str, url: str, **kwargs: Any
+) -> dict[str, Any]:
+    """One API call: the JSON answer, :class:`ApiError` for a non-zero errcode, and
+    :class:`aiohttp.ClientResponseError` for an HTTP status other than 200."""
+    async with session.request(method, url, **kwargs) as response:
+        if response.status != 200:
+            raise aiohttp.ClientResponseError(
+                response.request_info, (), status=response.status,
+                message=(await response.text())[:200], headers=response.headers,
+            )
+        answer: dict[str, Any] = await response.json(content_type=None)
+    if answer.get("errcode", 0) != 0:
+        raise ApiError(product, answer)
+    return answer
+
+#: Refresh a little before the API's own expiry.
+EXPIRY_MARGIN = 60.0
+
+
+class TokenCache:
+    """``key → (token, expires at)``; ``fetch`` gets a fresh ``(token, lifetime)``."""
+
+    def __init__(self) -> None:
+        self._tokens: dict[tuple[str, ...], tuple[str, float]] = {}
+
+    async def get(
+        self, key: tuple[str, ...], fetch: Callable[[], Awaitable[tuple[str, float]]]
+    ) -> str:
+        """The cached token, or a fresh one."""
+        cached = self._tokens.get(key)
+        if cached is not None and cached[1] > time.monotonic():
+            return cached[0]
+        token, lifetime = await fetch()
+        self._tokens[key] = (token, time.monotonic() + max(lifetime - EXPIRY_MARGIN, 1.0))
+        return token
+
+    def forget(self, key: tuple[str, ...]) -> None:
+        """Drop a token the API said is invalid or expired."""
+        self._tokens.pop(key, None)
