@@ -62,3 +62,21 @@ class TokenCache:
     def forget(self, key: tuple[str, ...]) -> None:
         """Drop a token the API said is invalid or expired."""
         self._tokens.pop(key, None)
+
+    async def with_token(
+        self,
+        key: tuple[str, ...],
+        fetch: Callable[[], Awaitable[tuple[str, float]]],
+        request: Callable[[str], Awaitable[dict[str, Any]]],
+    ) -> dict[str, Any]:
+        """``request(token)``; when the API says the token expired, refresh it and try once
+        more."""
+        for attempt in range(2):
+            token = await self.get(key, fetch)
+            try:
+                return await request(token)
+            except ApiError as exc:
+                if exc.code not in TOKEN_ERRORS or attempt:
+                    raise
+                self.forget(key)
+        raise AssertionError("unreachable")

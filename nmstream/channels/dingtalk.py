@@ -10,6 +10,7 @@ import hashlib
 import hmac
 import time
 from collections import deque
+from typing import Any
 from urllib.parse import quote_plus
 
 import aiohttp
@@ -120,18 +121,14 @@ class DingTalkNotifier(PooledHttp):
 
         async def fetch() -> tuple[str, float]:
             answer = await call(self.session(), "dingtalk", "GET", self.api_url + "gettoken",
-                                      params={"appkey": key_id, "appsecret": secret})
+                                params={"appkey": key_id, "appsecret": secret})
             return str(answer["access_token"]), float(answer.get("expires_in", 7200))
 
         for chat_id in chat_ids:
             body = {"chatid": chat_id, "msg": {"msgtype": "text", "text": {"content": text}}}
-            for attempt in range(2):
-                token = await self.tokens.get(cache_key, fetch)
-                try:
-                    await call(self.session(), "dingtalk", "POST", self.api_url + "chat/send",
-                                     params={"access_token": token}, json=body)
-                    break
-                except ApiError as exc:
-                    if exc.code not in TOKEN_ERRORS or attempt:
-                        raise
-                    self.tokens.forget(cache_key)
+
+            async def chat(token: str, body: dict[str, Any] = body) -> dict[str, Any]:
+                return await call(self.session(), "dingtalk", "POST", self.api_url + "chat/send",
+                                  params={"access_token": token}, json=body)
+
+            await self.tokens.with_token(cache_key, fetch, chat)

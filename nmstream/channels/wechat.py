@@ -7,6 +7,7 @@ An expired or invalid token (errcode 42001 / 40014) is refreshed and the send tr
 from __future__ import annotations
 
 import hashlib
+from typing import Any
 
 import aiohttp
 
@@ -44,8 +45,7 @@ class WechatNotifier(PooledHttp):
 
         async def fetch() -> tuple[str, float]:
             answer = await call(self.session(), "wechat", "GET", api + "gettoken",
-                                      params={"corpid": spec.wechat_api_corp_id,
-                                              "corpsecret": secret})
+                                params={"corpid": spec.wechat_api_corp_id, "corpsecret": secret})
             return str(answer["access_token"]), float(answer.get("expires_in", 7200))
 
         body = {
@@ -57,17 +57,13 @@ class WechatNotifier(PooledHttp):
             "text": {"content": notification.body},
             "safe": 0,
         }
+
+        async def message(token: str) -> dict[str, Any]:
+            return await call(self.session(), "wechat", "POST", api + "message/send",
+                              params={"access_token": token}, json=body)
+
         try:
-            for attempt in range(2):
-                token = await self.tokens.get(key, fetch)
-                try:
-                    answer = await call(self.session(), "wechat", "POST", api + "message/send",
-                                              params={"access_token": token}, json=body)
-                    break
-                except ApiError as exc:
-                    if exc.code not in TOKEN_ERRORS or attempt:
-                        raise
-                    self.tokens.forget(key)
+            answer = await self.tokens.with_token(key, fetch, message)
         except ApiError as exc:
             return _verdict(exc)
         except aiohttp.ClientResponseError as exc:
