@@ -118,11 +118,18 @@ def crd(rtype: ResourceType) -> dict[str, Any]:
 
 
 def manifests() -> dict[str, str]:
-    """File name → YAML text of every CRD."""
-    return {
+    """File name → YAML text of every CRD, and the kustomization that lists them."""
+    files = {
         f"{GROUP}_{t.plural}.yaml": yaml.dump(crd(t), Dumper=_Dumper, sort_keys=False)
         for t in CR_TYPES
     }
+    kustomization = {
+        "apiVersion": "kustomize.config.k8s.io/v1beta1",
+        "kind": "Kustomization",
+        "resources": sorted(files),
+    }
+    files["kustomization.yaml"] = yaml.dump(kustomization, Dumper=_Dumper, sort_keys=False)
+    return files
 
 
 def main(argv: list[str]) -> int:

@@ -1,28 +1,21 @@
 """pydantic models of notification-manager's ``notification.kubesphere.io/v2alpha1`` kinds.
 
-Field names and shapes follow upstream v2alpha1 (notification-manager v0.8.0): camelCase on the
-wire, snake_case here. Beyond v2alpha1 the models also accept
-
-- nmstream's own NotificationManager settings (``groupLabels``, ``batchMaxSize``,
-  ``batchMaxWait``, ``dedupWindow``) and a few receiver fields of later upstream versions that
-  nmstream honours (``template``, ``subjectTemplate``, DingTalk ``atMobiles``/``atUsers``/
-  ``atAll``) — the CRDs in ``crds/`` carry these too;
-- later upstream shapes where they differ from v2alpha1 (WeChat recipient lists, Slack
-  ``channels``, DingTalk ``chatids``, numeric SMTP ports) — the CRDs keep v2alpha1's.
+Field names follow the upstream v2alpha1 API (camelCase on the wire, snake_case here). Where
+later upstream versions or the seed README use another shape, both are accepted: DingTalk
+``chatid`` or ``chatids``, a port as string or number. NotificationManager also carries
+nmstream's pipeline settings (``groupLabels``, ``batchMaxSize``, ``batchMaxWait``).
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-from abc import abstractmethod
 from collections.abc import Mapping
-from typing import Any, Generic, Literal, TypeVar
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator, model_validator
 
 CHANNELS: tuple[str, ...] = ("email", "wechat", "slack", "webhook", "dingtalk")
-API_VERSION = "notification.kubesphere.io/v2alpha1"
 
 
 class _Model(BaseModel):
@@ -130,21 +123,21 @@ class _ReceiverSpec(_Model):
     """What every receiver has: a config selector (named per channel) and an alert filter."""
 
     alert_selector: LabelSelector | None = Field(None, alias="alertSelector")
-    template: str | None = Field(None, description="nmstream extension: the message template")
+    template: str | None = Field(None, description="the message template's name")
 
-    @abstractmethod
     def config_selector(self) -> LabelSelector | None:
         """The receiver's ``xxxConfigSelector``."""
+        raise NotImplementedError
 
 
 # --- email ---------------------------------------------------------------------------------
 
 
 class HostPort(_Model):
-    """SMTP server address; the port is a string upstream, numbers are accepted too."""
+    """SMTP server address; upstream's port is a string, numbers are accepted too."""
 
     host: str = Field(min_length=1)
-    port: int = Field(ge=1, le=65535)
+    port: int = Field(ge=1, le=65535, json_schema_extra={"x-kubernetes-int-or-string": True})
 
     @field_validator("port", mode="before")
     @classmethod
@@ -170,10 +163,8 @@ class EmailReceiverSpec(_ReceiverSpec):
     """Recipient addresses."""
 
     to: list[str] = Field(min_length=1)
+    subject_template: str | None = Field(None, alias="subjectTemplate")
     email_config_selector: LabelSelector | None = Field(None, alias="emailConfigSelector")
-    subject_template: str | None = Field(
-        None, alias="subjectTemplate", description="nmstream extension: the subject template"
-    )
 
     def config_selector(self) -> LabelSelector | None:
         """``emailConfigSelector``."""
@@ -193,20 +184,12 @@ class WechatConfigSpec(_Model):
 
 
 class WechatReceiverSpec(_ReceiverSpec):
-    """Users, parties and tags, ``|``-separated as the WeChat API takes them (v2alpha1);
-    later upstream lists are joined."""
+    """Users, parties and tags (``|``-separated, as the WeChat API takes them)."""
 
-    wechat_config_selector: LabelSelector | None = Field(None, alias="wechatConfigSelector")
     to_user: str | None = Field(None, alias="toUser")
     to_party: str | None = Field(None, alias="toParty")
     to_tag: str | None = Field(None, alias="toTag")
-
-    @field_validator("to_user", "to_party", "to_tag", mode="before")
-    @classmethod
-    def _join_lists(cls, value: Any) -> Any:
-        if isinstance(value, list) and all(isinstance(v, str) for v in value):
-            return "|".join(value) or None
-        return value
+    wechat_config_selector: LabelSelector | None = Field(None, alias="wechatConfigSelector")
 
     @model_validator(mode="after")
     def _has_a_target(self) -> WechatReceiverSpec:
@@ -223,28 +206,16 @@ class WechatReceiverSpec(_ReceiverSpec):
 
 
 class SlackConfigSpec(_Model):
-    """The Slack bot token (optional upstream, but nothing can be sent without it)."""
+    """The Slack bot token."""
 
     slack_token_secret: SecretKeySelector = Field(alias="slackTokenSecret")
 
 
 class SlackReceiverSpec(_ReceiverSpec):
-    """The channel (or user) to post to: v2alpha1's ``channel``, or later upstream's list."""
+    """The channel (or user) to post to."""
 
+    channel: str = Field(min_length=1)
     slack_config_selector: LabelSelector | None = Field(None, alias="slackConfigSelector")
-    channel: str | None = Field(None, min_length=1)
-    channels: list[str] | None = None
-
-    @model_validator(mode="after")
-    def _has_a_channel(self) -> SlackReceiverSpec:
-        if not self.all_channels():
-            raise ValueError("channel (or channels) is required")
-        return self
-
-    def all_channels(self) -> list[str]:
-        """Every channel, either form, without repeats."""
-        return list(dict.fromkeys([*([self.channel] if self.channel else []),
-                                   *(self.channels or [])]))
 
     def config_selector(self) -> LabelSelector | None:
         """``slackConfigSelector``."""
@@ -271,10 +242,10 @@ class ServiceReference(_Model):
 class WebhookReceiverSpec(_ReceiverSpec):
     """Where to POST: ``url`` or ``service``, exactly one."""
 
-    webhook_config_selector: LabelSelector | None = Field(None, alias="webhookConfigSelector")
     url: str | None = None
     service: ServiceReference | None = None
     http_config: HTTPClientConfig | None = Field(None, alias="httpConfig")
+    webhook_config_selector: LabelSelector | None = Field(None, alias="webhookConfigSelector")
 
     @model_validator(mode="after")
     def _one_endpoint(self) -> WebhookReceiverSpec:
@@ -315,34 +286,27 @@ class DingTalkChatBot(_Model):
 
 
 class DingTalkConversation(_Model):
-    """Chat ids: v2alpha1's single ``chatid`` or later upstream's ``chatids``."""
+    """Chat ids; v2alpha1 has one ``chatid``, later versions a ``chatids`` list."""
 
-    chat_id: str | None = Field(None, alias="chatid", min_length=1)
-    chat_ids: list[str] | None = Field(None, alias="chatids")
-
-    @model_validator(mode="after")
-    def _has_an_id(self) -> DingTalkConversation:
-        if not self.all_ids():
-            raise ValueError("conversation needs chatid (or chatids)")
-        return self
+    chat_ids: list[str] = Field(default_factory=list, alias="chatids")
+    chat_id: str | None = Field(None, alias="chatid")
 
     def all_ids(self) -> list[str]:
-        """Every chat id, either form, without repeats."""
-        return list(dict.fromkeys([*([self.chat_id] if self.chat_id else []),
-                                   *(self.chat_ids or [])]))
+        """Every chat id, either form."""
+        return [*self.chat_ids, *([self.chat_id] if self.chat_id else [])]
 
 
 class DingTalkReceiverSpec(_ReceiverSpec):
     """A chatbot and/or a conversation."""
 
-    dingtalk_config_selector: LabelSelector | None = Field(None, alias="dingtalkConfigSelector")
     chatbot: DingTalkChatBot | None = None
     conversation: DingTalkConversation | None = None
+    dingtalk_config_selector: LabelSelector | None = Field(None, alias="dingtalkConfigSelector")
 
     @model_validator(mode="after")
     def _has_a_target(self) -> DingTalkReceiverSpec:
-        if self.chatbot is None and self.conversation is None:
-            raise ValueError("chatbot or conversation is required")
+        if self.chatbot is None and not (self.conversation and self.conversation.all_ids()):
+            raise ValueError("chatbot or conversation.chatid(s) is required")
         return self
 
     def config_selector(self) -> LabelSelector | None:
@@ -374,48 +338,15 @@ class EmailOptions(_ChannelOptions):
     subject_template: str | None = Field(None, alias="subjectTemplate")
 
 
-class WechatOptions(_ChannelOptions):
-    """WeChat options; ``tokenExpires`` is a Go duration in nanoseconds."""
-
-    message_max_size: int | None = Field(None, alias="messageMaxSize")
-    token_expires: int | None = Field(None, alias="tokenExpires")
-
-
-class SlackOptions(_ChannelOptions):
-    """Slack options."""
-
-
-class WebhookOptions(_ChannelOptions):
-    """Webhook options."""
-
-
-class Throttle(_Model):
-    """Flow control: ``threshold`` calls per ``unit``; durations in nanoseconds."""
-
-    threshold: int | None = None
-    unit: int | None = None
-    max_wait_time: int | None = Field(None, alias="maxWaitTime")
-
-
-class DingTalkOptions(_ChannelOptions):
-    """DingTalk options; ``tokenExpires`` is a Go duration in nanoseconds."""
-
-    token_expires: int | None = Field(None, alias="tokenExpires")
-    conversation_message_max_size: int | None = Field(None, alias="conversationMessageMaxSize")
-    chatbot_message_max_size: int | None = Field(None, alias="chatbotMessageMaxSize")
-    chatbot_throttle: Throttle | None = Field(None, alias="chatBotThrottle")
-    conversation_throttle: Throttle | None = Field(None, alias="conversationThrottle")
-
-
-class ReceiverOptions(_Model):
+class Options(_Model):
     """Per-channel receiver options."""
 
     global_: GlobalOptions | None = Field(None, alias="global")
     email: EmailOptions | None = None
-    wechat: WechatOptions | None = None
-    slack: SlackOptions | None = None
-    webhook: WebhookOptions | None = None
-    dingtalk: DingTalkOptions | None = None
+    wechat: _ChannelOptions | None = None
+    slack: _ChannelOptions | None = None
+    webhook: _ChannelOptions | None = None
+    dingtalk: _ChannelOptions | None = None
 
 
 def _type_selector(value: str) -> LabelSelector:
@@ -425,9 +356,8 @@ def _type_selector(value: str) -> LabelSelector:
 class ReceiversSpec(_Model):
     """Tenancy: the tenant key and which receivers are global or a tenant's.
 
-    The CRD requires all three; the model defaults them as notification-manager documents
-    (tenants by ``namespace``, receivers labelled ``type: global`` / ``type: tenant``), so a
-    partial NotificationManager from a file still works.
+    Defaults as notification-manager documents them: tenants by ``namespace``, global
+    receivers labelled ``type: global``, tenant receivers ``type: tenant``.
     """
 
     tenant_key: str = Field("namespace", alias="tenantKey", min_length=1)
@@ -437,7 +367,7 @@ class ReceiversSpec(_Model):
     tenant_receiver_selector: LabelSelector = Field(
         default_factory=lambda: _type_selector("tenant"), alias="tenantReceiverSelector"
     )
-    options: ReceiverOptions | None = None
+    options: Options | None = None
 
 
 class NotificationManagerSpec(_Model):
@@ -456,88 +386,87 @@ class NotificationManagerSpec(_Model):
 
 # --- kinds ---------------------------------------------------------------------------------
 
-SpecT = TypeVar("SpecT")
 
-
-class Resource(_Model, Generic[SpecT]):
-    """A Kubernetes object nmstream reads: apiVersion, kind, metadata and its spec."""
-
-    api_version: str = Field(alias="apiVersion")
-    kind: str
-    metadata: ObjectMeta
-    spec: SpecT
-
-
-class _NotificationResource(Resource[SpecT], Generic[SpecT]):
+class _Resource(_Model):
     api_version: Literal["notification.kubesphere.io/v2alpha1"] = Field(alias="apiVersion")
+    metadata: ObjectMeta
 
 
-class NotificationManager(_NotificationResource[NotificationManagerSpec]):
+class NotificationManager(_Resource):
     """The NotificationManager."""
 
     kind: Literal["NotificationManager"]
+    spec: NotificationManagerSpec
 
 
-class EmailConfig(_NotificationResource[EmailConfigSpec]):
+class EmailConfig(_Resource):
     """EmailConfig."""
 
     kind: Literal["EmailConfig"]
+    spec: EmailConfigSpec
 
 
-class EmailReceiver(_NotificationResource[EmailReceiverSpec]):
+class EmailReceiver(_Resource):
     """EmailReceiver."""
 
     kind: Literal["EmailReceiver"]
+    spec: EmailReceiverSpec
 
 
-class WechatConfig(_NotificationResource[WechatConfigSpec]):
+class WechatConfig(_Resource):
     """WechatConfig."""
 
     kind: Literal["WechatConfig"]
+    spec: WechatConfigSpec
 
 
-class WechatReceiver(_NotificationResource[WechatReceiverSpec]):
+class WechatReceiver(_Resource):
     """WechatReceiver."""
 
     kind: Literal["WechatReceiver"]
+    spec: WechatReceiverSpec
 
 
-class SlackConfig(_NotificationResource[SlackConfigSpec]):
+class SlackConfig(_Resource):
     """SlackConfig."""
 
     kind: Literal["SlackConfig"]
+    spec: SlackConfigSpec
 
 
-class SlackReceiver(_NotificationResource[SlackReceiverSpec]):
+class SlackReceiver(_Resource):
     """SlackReceiver."""
 
     kind: Literal["SlackReceiver"]
+    spec: SlackReceiverSpec
 
 
-class WebhookConfig(_NotificationResource[WebhookConfigSpec]):
-    """WebhookConfig; its spec is empty and may be left out."""
+class WebhookConfig(_Resource):
+    """WebhookConfig."""
 
     kind: Literal["WebhookConfig"]
     spec: WebhookConfigSpec = Field(default_factory=WebhookConfigSpec)
 
 
-class WebhookReceiver(_NotificationResource[WebhookReceiverSpec]):
+class WebhookReceiver(_Resource):
     """WebhookReceiver."""
 
     kind: Literal["WebhookReceiver"]
+    spec: WebhookReceiverSpec
 
 
-class DingTalkConfig(_NotificationResource[DingTalkConfigSpec]):
-    """DingTalkConfig; its spec may be left out (chatbots need no config)."""
+class DingTalkConfig(_Resource):
+    """DingTalkConfig."""
 
     kind: Literal["DingTalkConfig"]
     spec: DingTalkConfigSpec = Field(default_factory=DingTalkConfigSpec)
 
 
-class DingTalkReceiver(_NotificationResource[DingTalkReceiverSpec]):
+class DingTalkReceiver(_Resource):
     """DingTalkReceiver."""
 
     kind: Literal["DingTalkReceiver"]
+    spec: DingTalkReceiverSpec
 
 
 class Subject(_Model):
@@ -557,22 +486,22 @@ class RoleRef(_Model):
     name: str
 
 
-class RoleBinding(Resource[None]):
-    """rbac.authorization.k8s.io/v1 RoleBinding: who belongs to a namespace (no spec)."""
+class RoleBinding(_Model):
+    """rbac.authorization.k8s.io/v1 RoleBinding: who belongs to a namespace."""
 
     api_version: Literal["rbac.authorization.k8s.io/v1"] = Field(alias="apiVersion")
     kind: Literal["RoleBinding"]
-    spec: None = Field(None, exclude=True)
+    metadata: ObjectMeta
     subjects: list[Subject] = Field(default_factory=list)
     role_ref: RoleRef = Field(alias="roleRef")
 
 
-class Secret(Resource[None]):
-    """core/v1 Secret (no spec); ``stringData`` wins over ``data`` as in the apiserver."""
+class Secret(_Model):
+    """core/v1 Secret; ``stringData`` wins over ``data`` as in the apiserver."""
 
     api_version: Literal["v1"] = Field(alias="apiVersion")
     kind: Literal["Secret"]
-    spec: None = Field(None, exclude=True)
+    metadata: ObjectMeta
     type: str | None = None
     data: dict[str, str] = Field(default_factory=dict)
     string_data: dict[str, str] = Field(default_factory=dict, alias="stringData")
@@ -594,32 +523,40 @@ class Secret(Resource[None]):
         return values
 
 
-RECEIVER_KINDS: dict[str, type[Resource[Any]]] = {
+Resource = Annotated[
+    NotificationManager
+    | EmailConfig
+    | EmailReceiver
+    | WechatConfig
+    | WechatReceiver
+    | SlackConfig
+    | SlackReceiver
+    | WebhookConfig
+    | WebhookReceiver
+    | DingTalkConfig
+    | DingTalkReceiver
+    | RoleBinding
+    | Secret,
+    Field(discriminator="kind"),
+]
+_RESOURCE: TypeAdapter[Resource] = TypeAdapter(Resource)
+
+RECEIVER_KINDS: dict[str, type[_Resource]] = {
     "email": EmailReceiver,
     "wechat": WechatReceiver,
     "slack": SlackReceiver,
     "webhook": WebhookReceiver,
     "dingtalk": DingTalkReceiver,
 }
-CONFIG_KINDS: dict[str, type[Resource[Any]]] = {
+CONFIG_KINDS: dict[str, type[_Resource]] = {
     "email": EmailConfig,
     "wechat": WechatConfig,
     "slack": SlackConfig,
     "webhook": WebhookConfig,
     "dingtalk": DingTalkConfig,
 }
-_OTHER_KINDS: tuple[type[Resource[Any]], ...] = (NotificationManager, RoleBinding, Secret)
-#: Every kind ``parse_resource`` knows, by ``kind``.
-KINDS: dict[str, type[Resource[Any]]] = {
-    m.__name__: m for m in (*_OTHER_KINDS, *CONFIG_KINDS.values(), *RECEIVER_KINDS.values())
-}
 
 
-def parse_resource(obj: Mapping[str, Any]) -> Resource[Any]:
-    """The model of ``obj`` by its ``kind``: ValidationError naming the bad field, ValueError
-    for a kind nmstream does not know."""
-    kind = obj.get("kind")
-    model = KINDS.get(kind) if isinstance(kind, str) else None
-    if model is None:
-        raise ValueError(f"unknown kind {kind!r}; expected one of {', '.join(KINDS)}")
-    return model.model_validate(obj)
+def parse_resource(obj: Mapping[str, Any]) -> Any:
+    """The model of ``obj`` by its ``kind``; raises ValidationError naming the bad field."""
+    return _RESOURCE.validate_python(obj)
