@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import threading
 import uuid
 from collections.abc import Iterator
+from http.server import ThreadingHTTPServer
 
 import pytest
+from aiosmtpd.controller import Controller
 
-from nmstream.broker import EmbeddedBroker
+from nmstream.broker import EmbeddedBroker, free_port
+from tests.helpers import Inbox, Sink, smtp_auth
 
 
 @pytest.fixture(scope="session")
@@ -28,3 +32,17 @@ def fresh_broker() -> Iterator[EmbeddedBroker]:
 def prefix() -> str:
     """A topic prefix and consumer group unique to the test."""
     return f"t{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+def sinks() -> Iterator[tuple[int, Controller, Inbox]]:
+    Sink.received = []
+    http = ThreadingHTTPServer(("127.0.0.1", 0), Sink)
+    threading.Thread(target=http.serve_forever, daemon=True).start()
+    inbox = Inbox()
+    smtp = Controller(inbox, hostname="127.0.0.1", port=free_port(), authenticator=smtp_auth,
+                      auth_require_tls=False)
+    smtp.start()
+    yield http.server_address[1], smtp, inbox
+    smtp.stop()
+    http.shutdown()

@@ -9,14 +9,17 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import requests
+from aiosmtpd.smtp import AuthResult, LoginPassword
 from kafka import KafkaConsumer, TopicPartition
 
 from nmstream.broker import EmbeddedBroker, free_port
 
+SMTP_PASSWORD = "smtp-password-4f1c9"
 TESTDATA = Path(__file__).resolve().parents[2] / "shared" / "testdata"
 FAST_GROUP = {
     "NMSTREAM_SESSION_TIMEOUT": "6",
@@ -197,3 +200,39 @@ def wait_for(worker: Worker, check: Callable[[dict[str, Any]], bool], timeout: f
 
 def names(body: dict[str, Any]) -> set[str]:
     return {r["name"] for r in body["receivers"]}
+
+
+class Sink(BaseHTTPRequestHandler):
+    """A webhook receiver that records what it got (and answers 500 for /fail)."""
+
+    received: ClassVar[list[tuple[str, dict[str, str], bytes]]] = []
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        Sink.received.append((self.path, dict(self.headers), body))
+        self.send_response(500 if self.path == "/fail" else 200)
+        self.end_headers()
+
+    def log_message(self, *args: Any) -> None:
+        return
+
+
+class Inbox:
+    def __init__(self) -> None:
+        self.messages: list[bytes] = []
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        self.messages.append(envelope.content)
+        return "250 OK"
+
+
+def smtp_auth(server: Any, session: Any, envelope: Any, mechanism: str, data: Any) -> AuthResult:
+    ok = isinstance(data, LoginPassword) and data.password == SMTP_PASSWORD.encode()
+    return AuthResult(success=ok, handled=False)
+
+
+def wait_until(check: Any, what: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"never: {what}"
+        time.sleep(0.2)

@@ -7,68 +7,19 @@ import base64
 import json
 import subprocess
 import sys
-import threading
 import time
-from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
-import pytest
 import yaml
 from aiosmtpd.controller import Controller
-from aiosmtpd.smtp import AuthResult, LoginPassword
 from kafka import KafkaConsumer
 
-from nmstream.broker import EmbeddedBroker, free_port
-from tests.helpers import Worker, make_worker, payload
+from nmstream.broker import EmbeddedBroker
+from tests.helpers import SMTP_PASSWORD, Inbox, Sink, Worker, make_worker, payload, wait_until
 
-SMTP_PASSWORD = "smtp-password-4f1c9"
 BEARER = "bearer-token-8d2e7"
 API = "notification.kubesphere.io/v2alpha1"
-
-
-class Sink(BaseHTTPRequestHandler):
-    """A webhook receiver that records what it got (and answers 500 for /fail)."""
-
-    received: ClassVar[list[tuple[str, dict[str, str], bytes]]] = []
-
-    def do_POST(self) -> None:
-        body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-        Sink.received.append((self.path, dict(self.headers), body))
-        self.send_response(500 if self.path == "/fail" else 200)
-        self.end_headers()
-
-    def log_message(self, *args: Any) -> None:
-        return
-
-
-class Inbox:
-    def __init__(self) -> None:
-        self.messages: list[bytes] = []
-
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
-        self.messages.append(envelope.content)
-        return "250 OK"
-
-
-def smtp_auth(server: Any, session: Any, envelope: Any, mechanism: str, data: Any) -> AuthResult:
-    ok = isinstance(data, LoginPassword) and data.password == SMTP_PASSWORD.encode()
-    return AuthResult(success=ok, handled=False)
-
-
-@pytest.fixture
-def sinks() -> Iterator[tuple[int, Controller, Inbox]]:
-    Sink.received = []
-    http = ThreadingHTTPServer(("127.0.0.1", 0), Sink)
-    threading.Thread(target=http.serve_forever, daemon=True).start()
-    inbox = Inbox()
-    smtp = Controller(inbox, hostname="127.0.0.1", port=free_port(), authenticator=smtp_auth,
-                      auth_require_tls=False)
-    smtp.start()
-    yield http.server_address[1], smtp, inbox
-    smtp.stop()
-    http.shutdown()
 
 
 def write_config(directory: Path, webhook_port: int, smtp_port: int) -> None:
@@ -115,13 +66,6 @@ def started(broker: EmbeddedBroker, tmp_path: Path, prefix: str,
         assert time.monotonic() < deadline, worker.log_tail()
         time.sleep(0.2)
     return worker
-
-
-def wait_until(check: Any, what: str, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, f"never: {what}"
-        time.sleep(0.2)
 
 
 def test_alerts_reach_the_smtp_server_and_the_webhook(
