@@ -66,6 +66,11 @@ class Settings(BaseSettings):
     dispatch_concurrency: int = Field(
         8, ge=1, le=256, description="sends in flight per channel and worker"
     )
+    retry_initial: float = Field(1.0, gt=0, description="first retry backoff, seconds")
+    retry_factor: float = Field(2.0, ge=1)
+    retry_max_backoff: float = Field(300.0, gt=0, description="backoff cap, seconds")
+    retry_max_attempts: int = Field(8, ge=1, description="attempts before dead-lettering")
+    retry_max_age: float = Field(3600.0, gt=0, description="seconds before dead-lettering")
     slack_api_url: str = Field("https://slack.com/api/", description="Slack Web API base URL")
     dingtalk_api_url: str = Field(
         "https://oapi.dingtalk.com/", description="DingTalk API base URL (conversations)"

@@ -57,6 +57,10 @@ GROUPS = _spec("groups")
 #: Rendered notifications per channel, key = notification id; and what failed, per channel.
 NOTIFY = {c: _spec(f"notify-{c}") for c in CHANNELS}
 DLQ = {c: _spec(f"dlq-{c}") for c in CHANNELS}
+#: Notifications waiting for another attempt, per channel, key = notification id.
+RETRY = {c: _spec(f"retry-{c}") for c in CHANNELS}
+#: Every delivery outcome (history, audit), key = notification id.
+SENT = _spec("sent")
 #: Receivers and configs, key ``kind/namespace/name``, null value deletes. One partition:
 #: every worker reads all of it, and one total order keeps re-publication simple.
 CONFIG = _spec("config", partitions=1, compacted=True)
@@ -80,6 +84,8 @@ routed_topic = raw_topic(ROUTED)
 groups_topic = raw_topic(GROUPS)
 notify_topics = {c: raw_topic(spec) for c, spec in NOTIFY.items()}
 dlq_topics = {c: raw_topic(spec) for c, spec in DLQ.items()}
+retry_topics = {c: raw_topic(spec) for c, spec in RETRY.items()}
+sent_topic = raw_topic(SENT)
 
 
 class TopicGuard:
@@ -134,4 +140,6 @@ class TopicGuard:
             await admin.close()
 
 
-guard = TopicGuard((ALERTS, CONFIG, ROUTED, GROUPS, *NOTIFY.values(), *DLQ.values()))
+guard = TopicGuard(
+    (ALERTS, CONFIG, ROUTED, GROUPS, *NOTIFY.values(), *DLQ.values(), *RETRY.values(), SENT)
+)

@@ -37,6 +37,7 @@ def prefix() -> str:
 @pytest.fixture
 def sinks() -> Iterator[tuple[int, Controller, Inbox]]:
     Sink.received = []
+    Sink.flaky_failures = 0
     http = ThreadingHTTPServer(("127.0.0.1", 0), Sink)
     threading.Thread(target=http.serve_forever, daemon=True).start()
     inbox = Inbox()

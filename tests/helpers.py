@@ -198,19 +198,38 @@ def wait_for(worker: Worker, check: Callable[[dict[str, Any]], bool], timeout: f
     return body
 
 
+def usable(body: dict[str, Any], expected: set[str] | int) -> bool:
+    """Whether the view has exactly these receivers (or this many), each with a config and
+    without problem: only then are alerts routed to all of them."""
+    receivers = body["receivers"]
+    found = names(body) == expected if isinstance(expected, set) else len(receivers) == expected
+    return found and all(r["config"] and not r["problem"] for r in receivers)
+
+
+def wait_usable(worker: Worker, expected: set[str] | int, timeout: float = 30.0) -> None:
+    """Wait until :func:`usable` holds for the worker's view."""
+    wait_for(worker, lambda b: usable(b, expected), timeout=timeout)
+
+
 def names(body: dict[str, Any]) -> set[str]:
     return {r["name"] for r in body["receivers"]}
 
 
 class Sink(BaseHTTPRequestHandler):
-    """A webhook receiver that records what it got (and answers 500 for /fail)."""
+    """A webhook receiver that records what it got: it answers 500 for ``/fail``, and for
+    ``/flaky`` 500 the first ``flaky_failures`` times, then 200."""
 
     received: ClassVar[list[tuple[str, dict[str, str], bytes]]] = []
+    flaky_failures: ClassVar[int] = 0
 
     def do_POST(self) -> None:
         body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
         Sink.received.append((self.path, dict(self.headers), body))
-        self.send_response(500 if self.path == "/fail" else 200)
+        failing = self.path == "/fail"
+        if self.path == "/flaky" and Sink.flaky_failures > 0:
+            Sink.flaky_failures -= 1
+            failing = True
+        self.send_response(500 if failing else 200)
         self.end_headers()
 
     def log_message(self, *args: Any) -> None:

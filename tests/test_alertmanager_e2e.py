@@ -20,7 +20,7 @@ import requests
 import yaml
 
 from nmstream.broker import EmbeddedBroker, free_port
-from tests.helpers import Inbox, Sink, Worker, make_worker, wait_until
+from tests.helpers import Inbox, Sink, Worker, make_worker, wait_until, wait_usable
 
 API = "notification.kubesphere.io/v2alpha1"
 
@@ -105,8 +105,7 @@ def worker_for(broker: EmbeddedBroker, tmp_path: Path, prefix: str, directory: P
                name: str = "w") -> Worker:
     worker = make_worker(broker, tmp_path / name, prefix, NMSTREAM_CONFIG_DIR=str(directory))
     worker.start()
-    wait_until(lambda: len(worker.get("/api/v2/receivers").json()["receivers"]) == 2,
-               "receivers loaded")
+    wait_usable(worker, 2)
     return worker
 
 

@@ -10,7 +10,15 @@ import pytest
 import yaml
 
 from nmstream.broker import EmbeddedBroker
-from tests.helpers import EXAMPLE_RECEIVERS, EXAMPLES, make_worker, names, read_topic, wait_for
+from tests.helpers import (
+    EXAMPLE_RECEIVERS,
+    EXAMPLES,
+    make_worker,
+    names,
+    read_topic,
+    wait_for,
+    wait_usable,
+)
 from tests.kube_server import KubeServer
 
 
@@ -48,7 +56,7 @@ def test_cluster_changes_reach_the_view_through_the_config_topic(
         KUBECONFIG=str(kubeconfig(tmp_path / "kubeconfig", cluster)),
     ).start()
     try:
-        wait_for(worker, lambda b: names(b) == EXAMPLE_RECEIVERS)
+        wait_usable(worker, EXAMPLE_RECEIVERS)
 
         cluster.apply(receiver("team-a", "team-a"))
         wait_for(worker, lambda b: "team-a" in names(b))

@@ -17,7 +17,9 @@ from tests.helpers import (
     names,
     read_topic,
     receivers,
+    usable,
     wait_for,
+    wait_usable,
 )
 
 
@@ -34,7 +36,7 @@ def test_examples_become_the_view_and_follow_edits(
 ) -> None:
     worker, directory = examples_worker(broker, tmp_path, prefix)
     try:
-        body = wait_for(worker, lambda b: names(b) == EXAMPLE_RECEIVERS)
+        body = wait_for(worker, lambda b: usable(b, EXAMPLE_RECEIVERS))
         assert body["tenantKey"] == "namespace"
         by_name = {r["name"]: r for r in body["receivers"]}
         assert by_name["global-email-receiver"]["scope"] == "global"
@@ -127,7 +129,7 @@ def test_two_workers_see_the_same_receivers_and_a_restart_loses_no_update(
     second.start()
     try:
         for w in (first, second):
-            wait_for(w, lambda b: names(b) == EXAMPLE_RECEIVERS, timeout=40)
+            wait_usable(w, EXAMPLE_RECEIVERS, timeout=40)
         # 60 more receivers, one file each, then compare both views
         for i in range(60):
             (directory / f"r{i}.yaml").write_text(yaml.safe_dump({

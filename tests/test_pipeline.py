@@ -12,7 +12,7 @@ from typing import Any
 import yaml
 
 from nmstream.broker import EmbeddedBroker
-from tests.helpers import EXAMPLES, Worker, make_worker, payload, read_topic
+from tests.helpers import EXAMPLES, Worker, make_worker, payload, read_topic, wait_usable
 
 MANAGER = EXAMPLES / "notification-manager.yaml"
 
@@ -29,10 +29,7 @@ def config_with(tmp_path: Path, **spec: Any) -> Path:
 
 def start(broker: EmbeddedBroker, tmp_path: Path, prefix: str, directory: Path) -> Worker:
     worker = make_worker(broker, tmp_path, prefix, NMSTREAM_CONFIG_DIR=str(directory)).start()
-    deadline = time.monotonic() + 30
-    while len(worker.get("/api/v2/receivers").json()["receivers"]) < 4:
-        assert time.monotonic() < deadline, worker.log_tail()
-        time.sleep(0.2)
+    wait_usable(worker, 4)
     return worker
 
 

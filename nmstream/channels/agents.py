@@ -1,4 +1,7 @@
-"""Dispatch: one agent per channel delivers ``nmstream-notify-<channel>`` records.
+"""Dispatch: per channel, one agent delivers ``nmstream-notify-<channel>`` records and one
+re-delivers ``nmstream-retry-<channel>`` records when due (so retries never hold up fresh
+notifications); every outcome goes to ``nmstream-sent``, exhausted or permanent failures to
+``nmstream-dlq-<channel>`` with the history of their attempts.
 
 Each worker resolves secret references from its own :class:`SecretStore` (fed by a
 Secret-only source of its own: secret values never travel on a topic). A send is bounded by
@@ -8,9 +11,12 @@ the channel's ``notificationTimeout`` and, per channel and worker, by
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import random
 import time
-from typing import Any
+from datetime import timedelta
+from typing import Any, Literal
 
 import mode
 
@@ -21,6 +27,7 @@ from nmstream.channels.base import (
     Outcome,
     Secrets,
     SendContext,
+    Verdict,
     bounded_send,
 )
 from nmstream.channels.dingtalk import DingTalkNotifier
@@ -32,10 +39,11 @@ from nmstream.config.agents import state
 from nmstream.config.events import SECRET
 from nmstream.config.models import CHANNELS
 from nmstream.config.secrets import MissingSecret, SecretStore
+from nmstream.ingest.models import utcnow
 from nmstream.metrics import NOTIFICATIONS_SENT, SEND_SECONDS
-from nmstream.render.models import Notification
+from nmstream.render.models import DeadLetter, Notification, SentRecord
 from nmstream.routing.models import decode
-from nmstream.topics import notify_topics
+from nmstream.topics import dlq_topics, notify_topics, retry_topics, sent_topic
 
 log = logging.getLogger(__name__)
 
@@ -78,27 +86,79 @@ async def deliver(notification: Notification, config: Any = None) -> Outcome:
         SEND_SECONDS.labels(channel=notification.channel).observe(time.perf_counter() - started)
 
 
-def _dispatcher(channel: str) -> Any:
-    topic = notify_topics[channel]
+def backoff(attempts: int, retry_after: float | None) -> float:
+    """Seconds before the next attempt: exponential with jitter, capped, never sooner than
+    the server's ``Retry-After``."""
+    base = min(settings.retry_initial * settings.retry_factor ** (attempts - 1),
+               settings.retry_max_backoff)
+    return max(base * random.uniform(0.5, 1.0), retry_after or 0.0)
+
+
+async def settle(notification: Notification, outcome: Outcome) -> None:
+    """Record the outcome on ``nmstream-sent``; a retryable failure within the budget goes to
+    ``nmstream-retry-<channel>``, anything else that failed to ``nmstream-dlq-<channel>``."""
+    channel, now = notification.channel, utcnow()
+    attempts = notification.attempt + 1
+    NOTIFICATIONS_SENT.labels(channel=channel, outcome=outcome.verdict.value).inc()
+    status: Literal["delivered", "retrying", "dead-lettered"] = "delivered"
+    if outcome.verdict != Verdict.DELIVERED:
+        failures = [*notification.failures,
+                    f"attempt {attempts}: {outcome.verdict.value}: {outcome.reason}"]
+        failed = notification.model_copy(update={"attempt": attempts, "failures": failures})
+        age = (now - notification.created_at).total_seconds()
+        if (outcome.verdict == Verdict.RETRYABLE and attempts < settings.retry_max_attempts
+                and age < settings.retry_max_age):
+            wait = backoff(attempts, outcome.retry_after)
+            retry = failed.model_copy(update={"not_before": now + timedelta(seconds=wait)})
+            await retry_topics[channel].send(key=notification.id.encode(),
+                                             value=retry.to_bytes())
+            status = "retrying"
+        else:
+            letter = DeadLetter(stage="deliver", channel=channel, error=outcome.reason,
+                                notification=failed, failed_at=now)
+            await dlq_topics[channel].send(key=notification.id.encode(), value=letter.to_bytes())
+            status = "dead-lettered"
+    record = SentRecord(
+        notification_id=notification.id, status=status, channel=channel,
+        receiver=notification.receiver, tenant=notification.receiver.tenant,
+        fingerprints=notification.fingerprints, attempts=attempts, error=outcome.reason,
+        failed_targets=list(outcome.failed_targets), created_at=notification.created_at, at=now,
+    )
+    await sent_topic.send(key=notification.id.encode(), value=record.to_bytes())
+    level = logging.INFO if status == "delivered" and not outcome.reason else logging.WARNING
+    log.log(level, "%s notification %s to %s: %s after %d attempt(s)%s", channel,
+            notification.id, notification.receiver.key, status, attempts,
+            f" ({outcome.reason})" if outcome.reason else "")
+
+
+def _agents(channel: str) -> tuple[Any, Any]:
+    fresh, retries = notify_topics[channel], retry_topics[channel]
 
     async def dispatch(stream: Any) -> None:
         async for value in stream:
-            notification = decode(Notification, value, topic)
+            notification = decode(Notification, value, fresh)
+            if notification is not None:
+                await settle(notification, await deliver(notification))
+
+    async def retry(stream: Any) -> None:
+        async for value in stream:
+            notification = decode(Notification, value, retries)
             if notification is None:
                 continue
-            outcome = await deliver(notification)
-            NOTIFICATIONS_SENT.labels(channel=channel, outcome=outcome.verdict.value).inc()
-            level = logging.INFO if outcome.reason == "" else logging.WARNING
-            log.log(level, "%s notification %s to %s: %s%s", channel, notification.id,
-                    notification.receiver.key, outcome.verdict.value,
-                    f" ({outcome.reason})" if outcome.reason else "")
+            if notification.not_before is not None:
+                await asyncio.sleep(max((notification.not_before - utcnow()).total_seconds(), 0))
+            await settle(notification, await deliver(notification))
 
-    dispatch.__doc__ = f"Deliver ``{topic.get_topic_name()}`` records."
-    return app.agent(topic, name=f"nmstream.dispatch.{channel}",
-                     concurrency=settings.dispatch_concurrency)(dispatch)
+    dispatch.__doc__ = f"Deliver ``{fresh.get_topic_name()}`` records."
+    retry.__doc__ = f"Deliver ``{retries.get_topic_name()}`` records once they are due."
+    concurrency = settings.dispatch_concurrency
+    return (
+        app.agent(fresh, name=f"nmstream.dispatch.{channel}", concurrency=concurrency)(dispatch),
+        app.agent(retries, name=f"nmstream.retry.{channel}", concurrency=concurrency)(retry),
+    )
 
 
-dispatchers = {channel: _dispatcher(channel) for channel in CHANNELS}
+dispatchers = {channel: _agents(channel) for channel in CHANNELS}
 
 
 @app.service

@@ -35,14 +35,34 @@ class Notification(Record):
     parts: int = Field(1, ge=1)
     attempt: int = 0
     created_at: datetime
+    not_before: datetime | None = Field(None, description="a retry waits until then")
+    failures: list[str] = Field(default_factory=list, description="reasons of past attempts")
 
 
 class DeadLetter(Record):
     """What could not be turned into (or delivered as) a notification, and why."""
 
     schema_version: Literal[1] = 1
-    stage: Literal["render"]
+    stage: Literal["render", "deliver"]
     channel: str
     error: str
-    group: AlertGroup
+    group: AlertGroup | None = None
+    notification: Notification | None = None
     failed_at: datetime
+
+
+class SentRecord(Record):
+    """One delivery outcome on ``nmstream-sent``: the history auditors read."""
+
+    schema_version: Literal[1] = 1
+    notification_id: str
+    status: Literal["delivered", "retrying", "dead-lettered"]
+    channel: str
+    receiver: ReceiverRef
+    tenant: str | None
+    fingerprints: list[str]
+    attempts: int
+    error: str = ""
+    failed_targets: list[str] = Field(default_factory=list)
+    created_at: datetime
+    at: datetime
