@@ -172,11 +172,18 @@ def test_an_ha_pair_posting_twice_gives_one_notification_even_across_a_restart(
         # the second one of the pair is a few seconds late: still a repeat
         time.sleep(1.5)
         assert worker.post("/api/v2/alerts", payload("alert1.json")).status_code == 200
-        time.sleep(2)
-        deduplicated = float(next(
-            line.split()[1] for line in worker.get("/metrics").text.splitlines()
-            if line.startswith("nmstream_alerts_deduplicated_total")))
-        assert deduplicated == 2 * 2  # two repeats, each for the global email and webhook
+
+        def deduplicated() -> float:
+            return float(next(
+                line.split()[1] for line in worker.get("/metrics").text.splitlines()
+                if line.startswith("nmstream_alerts_deduplicated_total")))
+
+        deadline = time.monotonic() + 30
+        while deduplicated() < 4:
+            assert time.monotonic() < deadline, worker.log_tail()
+            time.sleep(0.2)
+        time.sleep(1)
+        assert deduplicated() == 2 * 2  # two repeats, each for the global email and webhook
         assert len(notifications(broker, prefix, "email", 1)) == 1
     finally:
         worker.stop()
