@@ -13,10 +13,19 @@ from __future__ import annotations
 import faust
 
 from nmstream.settings import get_settings
+from nmstream.transport import Transport
 
 settings = get_settings()
 
-app = faust.App(
+
+class App(faust.App):
+    """The Faust app on :class:`nmstream.transport.Transport`."""
+
+    def _new_transport(self) -> Transport:
+        return Transport(self.conf.broker_consumer, self)
+
+
+app = App(
     settings.app_id,
     broker=settings.broker,
     origin="nmstream",
@@ -26,6 +35,7 @@ app = faust.App(
         "nmstream.routing",
         "nmstream.render",
         "nmstream.channels",
+        "nmstream.audit",
         "nmstream.ops",
     ],
     store="memory://",
@@ -37,6 +47,7 @@ app = faust.App(
     broker_rebalance_timeout=settings.rebalance_timeout,
     producer_request_timeout=settings.produce_timeout,
     producer_acks=-1,
+    broker_commit_interval=settings.commit_interval,
     # groups hold their events un-acknowledged until flushed; a rebalance must not wait
     # for them (the new owner of the partition reads them again)
     stream_wait_empty=False,

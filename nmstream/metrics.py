@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 INGEST_REQUESTS = Counter(
     "nmstream_ingest_requests",
@@ -57,6 +57,33 @@ SEND_SECONDS = Histogram(
     "Time one delivery attempt took, by channel",
     ["channel"],
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+NOTIFICATION_OUTCOMES = Counter(
+    "nmstream_notification_outcomes",
+    "Records on nmstream-sent by channel and status (delivered, retrying = a retry scheduled, "
+    "dead-lettered, filtered, deduplicated)",
+    ["channel", "status"],
+)
+DELIVERY_LATENCY = Histogram(
+    "nmstream_delivery_latency_seconds",
+    "Time from the oldest alert of a notification received to the notification delivered",
+    ["channel"],
+    buckets=(0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 900, 3600),
+)
+REDELIVERIES_SKIPPED = Counter(
+    "nmstream_redeliveries_skipped",
+    "Notifications read again (after a crash or rebalance) whose outcome was already recorded",
+    ["channel"],
+)
+HISTORY_POSTS = Counter(
+    "nmstream_history_posts",
+    "Delivered-notification records posted to the NotificationManager's history webhook",
+    ["outcome"],
+)
+CONSUMER_LAG = Gauge(
+    "nmstream_consumer_lag",
+    "Records not yet read by this worker, per topic (summed over its assigned partitions)",
+    ["topic"],
 )
 
 #: Outcomes of an ingest request, pre-created so every series is exported from the start.

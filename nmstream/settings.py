@@ -71,6 +71,17 @@ class Settings(BaseSettings):
     retry_max_backoff: float = Field(300.0, gt=0, description="backoff cap, seconds")
     retry_max_attempts: int = Field(8, ge=1, description="attempts before dead-lettering")
     retry_max_age: float = Field(3600.0, gt=0, description="seconds before dead-lettering")
+    commit_interval: float = Field(
+        2.8, gt=0, le=600, description="seconds between consumer offset commits"
+    )
+    fetch_max_wait: float = Field(
+        0.1, gt=0, le=30,
+        description="seconds a worker's fetch may wait on the broker for records (Faust: 1.5)",
+    )
+    delivered_window: float = Field(
+        900.0, gt=0,
+        description="seconds a recorded outcome protects a notification from being sent again",
+    )
     slack_api_url: str = Field("https://slack.com/api/", description="Slack Web API base URL")
     dingtalk_api_url: str = Field(
         "https://oapi.dingtalk.com/", description="DingTalk API base URL (conversations)"

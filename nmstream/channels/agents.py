@@ -1,7 +1,8 @@
 """Dispatch: per channel, one agent delivers ``nmstream-notify-<channel>`` records and one
 re-delivers ``nmstream-retry-<channel>`` records when due (so retries never hold up fresh
 notifications); every outcome goes to ``nmstream-sent``, exhausted or permanent failures to
-``nmstream-dlq-<channel>`` with the history of their attempts.
+``nmstream-dlq-<channel>`` with the history of their attempts. An attempt whose outcome is
+already recorded (read again after a crash) is skipped: see :mod:`nmstream.channels.delivered`.
 
 Each worker resolves secret references from its own :class:`SecretStore` (fed by a
 Secret-only source of its own: secret values never travel on a topic). A send is bounded by
@@ -19,8 +20,10 @@ from datetime import timedelta
 from typing import Any, Literal
 
 import mode
+from faust.types import TP
 
 from nmstream.app import app, settings
+from nmstream.audit.history import record_outcome
 from nmstream.channels.base import (
     DEFAULT_TIMEOUT,
     Notifier,
@@ -30,6 +33,7 @@ from nmstream.channels.base import (
     Verdict,
     bounded_send,
 )
+from nmstream.channels.delivered import Delivered
 from nmstream.channels.dingtalk import DingTalkNotifier
 from nmstream.channels.email import EmailNotifier
 from nmstream.channels.slack import SlackNotifier
@@ -40,14 +44,20 @@ from nmstream.config.events import SECRET
 from nmstream.config.models import CHANNELS
 from nmstream.config.secrets import MissingSecret, SecretStore
 from nmstream.ingest.models import utcnow
-from nmstream.metrics import NOTIFICATIONS_SENT, SEND_SECONDS
+from nmstream.metrics import (
+    DELIVERY_LATENCY,
+    NOTIFICATIONS_SENT,
+    REDELIVERIES_SKIPPED,
+    SEND_SECONDS,
+)
 from nmstream.render.models import DeadLetter, Notification, SentRecord
 from nmstream.routing.models import decode
-from nmstream.topics import dlq_topics, notify_topics, retry_topics, sent_topic
+from nmstream.topics import NOTIFY, RETRY, SENT, dlq_topics, notify_topics, retry_topics
 
 log = logging.getLogger(__name__)
 
 secret_store = SecretStore(settings.namespace)
+delivered = Delivered()
 notifiers: dict[str, Notifier] = {
     "email": EmailNotifier(),
     "webhook": WebhookNotifier(),
@@ -118,17 +128,45 @@ async def settle(notification: Notification, outcome: Outcome) -> None:
                                 notification=failed, failed_at=now)
             await dlq_topics[channel].send(key=notification.id.encode(), value=letter.to_bytes())
             status = "dead-lettered"
-    record = SentRecord(
+    elif notification.received_at is not None:
+        latency = (now - notification.received_at).total_seconds()
+        DELIVERY_LATENCY.labels(channel=channel).observe(max(latency, 0.0))
+    await record_outcome(SentRecord(
         notification_id=notification.id, status=status, channel=channel,
         receiver=notification.receiver, tenant=notification.receiver.tenant,
         fingerprints=notification.fingerprints, attempts=attempts, error=outcome.reason,
-        failed_targets=list(outcome.failed_targets), created_at=notification.created_at, at=now,
-    )
-    await sent_topic.send(key=notification.id.encode(), value=record.to_bytes())
+        failed_targets=list(outcome.failed_targets), received_at=notification.received_at,
+        created_at=notification.created_at, at=now,
+    ))
+    delivered.add(notification.id, attempts)
     level = logging.INFO if status == "delivered" and not outcome.reason else logging.WARNING
     log.log(level, "%s notification %s to %s: %s after %d attempt(s)%s", channel,
             notification.id, notification.receiver.key, status, attempts,
             f" ({outcome.reason})" if outcome.reason else "")
+
+
+#: Notifications being sent now, by id: a second copy (a group rendered again after a crash)
+#: waits for the first one's outcome instead of being sent alongside it.
+in_flight: dict[str, asyncio.Event] = {}
+
+
+async def attempt(notification: Notification) -> None:
+    """Deliver and settle, unless this attempt's outcome is already recorded (a record read
+    again after a crash or rebalance, or a second copy of the notification)."""
+    await delivered.ready.wait()
+    while (busy := in_flight.get(notification.id)) is not None:
+        await busy.wait()
+    if delivered.has(notification.id, notification.attempt):
+        REDELIVERIES_SKIPPED.labels(channel=notification.channel).inc()
+        log.info("%s notification %s attempt %d already has an outcome; not sent again",
+                 notification.channel, notification.id, notification.attempt + 1)
+        return
+    done = in_flight[notification.id] = asyncio.Event()
+    try:
+        await settle(notification, await deliver(notification))
+    finally:
+        del in_flight[notification.id]
+        done.set()
 
 
 def _agents(channel: str) -> tuple[Any, Any]:
@@ -138,7 +176,7 @@ def _agents(channel: str) -> tuple[Any, Any]:
         async for value in stream:
             notification = decode(Notification, value, fresh)
             if notification is not None:
-                await settle(notification, await deliver(notification))
+                await attempt(notification)
 
     async def retry(stream: Any) -> None:
         async for value in stream:
@@ -147,7 +185,7 @@ def _agents(channel: str) -> tuple[Any, Any]:
                 continue
             if notification.not_before is not None:
                 await asyncio.sleep(max((notification.not_before - utcnow()).total_seconds(), 0))
-            await settle(notification, await deliver(notification))
+            await attempt(notification)
 
     dispatch.__doc__ = f"Deliver ``{fresh.get_topic_name()}`` records."
     retry.__doc__ = f"Deliver ``{retries.get_topic_name()}`` records once they are due."
@@ -156,6 +194,34 @@ def _agents(channel: str) -> tuple[Any, Any]:
         app.agent(fresh, name=f"nmstream.dispatch.{channel}", concurrency=concurrency)(dispatch),
         app.agent(retries, name=f"nmstream.retry.{channel}", concurrency=concurrency)(retry),
     )
+
+
+_DISPATCHED = {spec.name for spec in (*NOTIFY.values(), *RETRY.values())}
+
+
+@app.on_partitions_revoked.connect
+async def hold_delivered(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
+    """Partitions are moving: hold sends until the table is rebuilt for the new assignment."""
+    delivered.ready.clear()
+
+
+@app.on_partitions_assigned.connect
+async def rebuild_delivered(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
+    """Before sending what may be read again, learn which outcomes are already recorded."""
+    assigned: set[TP] = args[0]
+    try:
+        if any(tp.topic in _DISPATCHED for tp in assigned):
+            await delivered.rebuild(SENT.name, settings.delivered_window)
+    except Exception as exc:  # Kafka trouble: a notification may be sent twice, none lost
+        log.warning("cannot rebuild the delivered table (%s); starting with what it has", exc)
+    finally:
+        delivered.ready.set()
+
+
+@app.timer(10.0)  # type: ignore[untyped-decorator]
+async def expire_delivered() -> None:
+    """Forget outcomes older than ``NMSTREAM_DELIVERED_WINDOW``."""
+    delivered.purge(settings.delivered_window)
 
 
 dispatchers = {channel: _agents(channel) for channel in CHANNELS}

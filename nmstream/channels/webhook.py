@@ -28,6 +28,10 @@ def service_url(service: ServiceReference) -> str:
     return f"{scheme}://{service.name}.{service.namespace}.svc:{service.port or 443}{path}"
 
 
+#: Request header carrying the notification id (stable across retries and re-deliveries).
+IDEMPOTENCY_HEADER = "X-Nmstream-Notification-Id"
+
+
 class WebhookNotifier(PooledHttp):
     """Sends to the receiver's webhook."""
 
@@ -37,7 +41,8 @@ class WebhookNotifier(PooledHttp):
         """POST the body; 2xx delivered, 429/5xx retryable, other 4xx permanent."""
         spec = WebhookReceiverSpec.model_validate(notification.receiver.targets)
         url = endpoint(spec)
-        headers = {"Content-Type": "application/json"}
+        # the id is the same for every attempt: a receiver can drop what it already has
+        headers = {"Content-Type": "application/json", IDEMPOTENCY_HEADER: notification.id}
         auth = None
         http = spec.http_config
         if http is not None and http.bearer_token is not None:

@@ -370,6 +370,12 @@ class ReceiversSpec(_Model):
     options: Options | None = None
 
 
+class HistoryReceiver(_Model):
+    """Where the history of delivered notifications is posted (a virtual webhook receiver)."""
+
+    webhook: WebhookReceiverSpec
+
+
 class NotificationManagerSpec(_Model):
     """What nmstream reads of a NotificationManager (deployment fields are ignored)."""
 
@@ -382,6 +388,7 @@ class NotificationManagerSpec(_Model):
     dedup_window: str | None = Field(
         None, alias="dedupWindow", description="nmstream: drop repeats within it; 0s disables"
     )
+    history: HistoryReceiver | None = None
 
 
 # --- kinds ---------------------------------------------------------------------------------

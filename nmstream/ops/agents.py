@@ -1,12 +1,14 @@
-"""Background work of every worker: keep nmstream's topics declared."""
+"""Background work of every worker: keep nmstream's topics declared, measure consumer lag."""
 
 from __future__ import annotations
 
 import logging
+from collections import Counter
 
 import mode
 
 from nmstream.app import app, settings
+from nmstream.metrics import CONSUMER_LAG
 from nmstream.topics import guard
 
 log = logging.getLogger(__name__)
@@ -33,3 +35,27 @@ class TopicKeeper(mode.Service):
             else:
                 delay = 0.5
                 await self.sleep(settings.topic_check_interval)
+
+
+#: Topics whose lag was exported: one that is no longer assigned drops to 0, not stale.
+CONSUMER_LAG_TOPICS: set[str] = set()
+
+
+@app.timer(5.0)  # type: ignore[untyped-decorator]
+async def measure_lag() -> None:
+    """``nmstream_consumer_lag``: per topic, records in Kafka this worker has not fetched yet
+    (high watermark minus position, over its assigned partitions)."""
+    consumer = app.consumer
+    lag: Counter[str] = Counter({topic: 0 for topic in CONSUMER_LAG_TOPICS})
+    try:
+        for tp in consumer.assignment():
+            highwater, position = consumer.highwater(tp), await consumer.position(tp)
+            if highwater is not None and position is not None:
+                lag[tp.topic] += max(highwater - position, 0)
+    except Exception as exc:  # a rebalance under way: measure next time
+        log.debug("consumer lag not measured: %s", exc)
+        return
+    CONSUMER_LAG_TOPICS.update(lag)
+    for topic, value in lag.items():
+        CONSUMER_LAG.labels(topic=topic).set(value)
+

@@ -61,6 +61,7 @@ def notifications(group: AlertGroup, receiver: Any = None) -> list[Notification]
             part=part,
             parts=len(messages),
             created_at=now,
+            received_at=group.received_at,
         ))
     return out
 

@@ -35,6 +35,9 @@ class Notification(Record):
     parts: int = Field(1, ge=1)
     attempt: int = 0
     created_at: datetime
+    received_at: datetime | None = Field(
+        None, description="when nmstream received the oldest alert of the notification"
+    )
     not_before: datetime | None = Field(None, description="a retry waits until then")
     failures: list[str] = Field(default_factory=list, description="reasons of past attempts")
 
@@ -51,18 +54,28 @@ class DeadLetter(Record):
     failed_at: datetime
 
 
+#: What happened: a delivery outcome, or why alerts produced no notification.
+SentStatus = Literal["delivered", "retrying", "dead-lettered", "filtered", "deduplicated"]
+
+
 class SentRecord(Record):
-    """One delivery outcome on ``nmstream-sent``: the history auditors read."""
+    """One outcome on ``nmstream-sent``: the history auditors read.
+
+    ``delivered``, ``retrying`` and ``dead-lettered`` are outcomes of one delivery attempt of a
+    notification; ``filtered`` (an alert no receiver gets) and ``deduplicated`` (a repeat of an
+    alert within ``dedupWindow``) concern alerts and carry no notification id.
+    """
 
     schema_version: Literal[1] = 1
-    notification_id: str
-    status: Literal["delivered", "retrying", "dead-lettered"]
-    channel: str
-    receiver: ReceiverRef
+    notification_id: str | None
+    status: SentStatus
+    channel: str | None
+    receiver: ReceiverRef | None
     tenant: str | None
     fingerprints: list[str]
-    attempts: int
+    attempts: int = 0
     error: str = ""
     failed_targets: list[str] = Field(default_factory=list)
-    created_at: datetime
+    received_at: datetime | None = Field(None, description="oldest alert received")
+    created_at: datetime | None = Field(None, description="notification rendered")
     at: datetime

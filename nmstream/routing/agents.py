@@ -14,15 +14,18 @@ needed (and none can be lost).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import time
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from faust.types import TP
 
 from nmstream.app import app, settings
+from nmstream.audit.history import record_outcome
 from nmstream.config.agents import state
 from nmstream.config.models import NotificationManager
 from nmstream.config.selection import Selected, channel_of, select
@@ -33,6 +36,7 @@ from nmstream.metrics import (
     ALERTS_UNROUTED,
     GROUPS_FLUSHED,
 )
+from nmstream.render.models import SentRecord
 from nmstream.routing.dedup import Dedup
 from nmstream.routing.models import AlertGroup, ReceiverRef, RoutedAlert, decode, group_id
 from nmstream.topics import GROUPS, ROUTED, alerts_topic, groups_topic, routed_topic
@@ -123,6 +127,13 @@ async def route(stream: Any) -> None:
         if not selection.selected:
             ALERTS_UNROUTED.inc()
             log.debug("alert %s (%s) matches no receiver", record.fingerprint, record.alert.labels)
+            reasons = sorted({s.reason for s in selection.skipped})
+            await record_outcome(SentRecord(
+                notification_id=None, status="filtered", channel=None, receiver=None,
+                tenant=None, fingerprints=[record.fingerprint],
+                error="; ".join(reasons) or "no receiver matches",
+                received_at=record.received_at, at=utcnow(),
+            ))
             continue
         batching = Batching.of(state.view.manager())
         labels = {k: record.alert.labels[k] for k in batching.labels if k in record.alert.labels}
@@ -144,6 +155,15 @@ class Pending:
     started: float
     alerts: dict[str, Alert] = field(default_factory=dict)
     events: list[Any] = field(default_factory=list)
+    received_at: datetime | None = None
+
+    def add(self, routed: RoutedAlert, event: Any) -> None:
+        """Take one routed alert (the newest status of a fingerprint wins)."""
+        self.alerts[routed.record.fingerprint] = routed.record.alert
+        self.events.append(event)
+        received = routed.record.received_at
+        if self.received_at is None or received < self.received_at:
+            self.received_at = received
 
     def to_group(self) -> AlertGroup:
         """The record written to ``nmstream-groups``."""
@@ -154,12 +174,15 @@ class Pending:
             alerts=list(self.alerts.values()),
             source_receiver=self.first.record.group.receiver,
             external_url=self.first.record.group.external_url,
+            received_at=self.received_at,
             flushed_at=utcnow(),
         )
 
 
 pending: dict[str, Pending] = {}
 dedup = Dedup()
+#: Cleared while partitions move: no alert is admitted before the dedup state is rebuilt.
+dedup_ready = asyncio.Event()
 
 
 async def flush(gid: str) -> None:
@@ -175,6 +198,9 @@ async def flush(gid: str) -> None:
         if newer is not None:
             group.alerts.update(newer.alerts)
             group.events.extend(newer.events)
+            if newer.received_at is not None:
+                group.received_at = min(group.received_at or newer.received_at,
+                                        newer.received_at)
         pending[gid] = group
         return
     for event in group.events:
@@ -186,6 +212,7 @@ async def flush(gid: str) -> None:
 async def group(stream: Any) -> None:
     """Collect routed alerts into groups; flush on size here, on time in :func:`flusher`."""
     async for event in stream.noack().events():
+        await dedup_ready.wait()
         routed = decode(RoutedAlert, event.value, routed_topic)
         if routed is None:
             event.ack()
@@ -196,6 +223,13 @@ async def group(stream: Any) -> None:
         if not dedup.admit(partition, routed.receiver.key, alert.fingerprint,
                            alert.status or "firing", (partition, offset), batching.dedup_window):
             ALERTS_DEDUPLICATED.inc()
+            await record_outcome(SentRecord(
+                notification_id=None, status="deduplicated", channel=routed.receiver.channel,
+                receiver=routed.receiver, tenant=routed.receiver.tenant,
+                fingerprints=[alert.fingerprint], error=f"{alert.status or 'firing'} again within "
+                f"dedupWindow {batching.dedup_window:g}s", received_at=routed.record.received_at,
+                at=utcnow(),
+            ))
             event.ack()
             continue
         current = pending.get(routed.group_id)
@@ -203,8 +237,7 @@ async def group(stream: Any) -> None:
             current = pending[routed.group_id] = Pending(
                 routed, event.message.tp, time.monotonic()
             )
-        current.alerts[routed.record.fingerprint] = routed.record.alert
-        current.events.append(event)
+        current.add(routed, event)
         if len(current.alerts) >= batching.max_size:
             await flush(routed.group_id)
 
@@ -232,6 +265,7 @@ def _routed_partitions(tps: set[TP]) -> set[int]:
 async def drop_revoked(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
     """Forget groups and dedup state of partitions this worker lost: the new owner rebuilds."""
     revoked: set[TP] = args[0]
+    dedup_ready.clear()
     for gid in [g for g, p in pending.items() if p.tp in revoked]:
         del pending[gid]
     dedup.forget(_routed_partitions(revoked))
@@ -244,6 +278,8 @@ async def rebuild_dedup(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) 
     partitions = _routed_partitions(assigned)
     window = Batching.of(state.view.manager()).dedup_window
     try:
-        await dedup.rebuild(settings.bootstrap_servers, GROUPS.name, partitions, window)
+        await dedup.rebuild(GROUPS.name, partitions, window)
     except Exception as exc:  # Kafka trouble: start empty (a repeat may be sent, none lost)
         log.warning("cannot rebuild dedup state (%s); starting empty", exc)
+    finally:
+        dedup_ready.set()

@@ -15,13 +15,10 @@ import logging
 import time
 from dataclasses import dataclass, field
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
-
 from nmstream.routing.models import AlertGroup
+from nmstream.topics import read_window
 
 log = logging.getLogger(__name__)
-
-REBUILD_TIMEOUT = 30.0
 
 
 @dataclass(frozen=True)
@@ -69,40 +66,11 @@ class Dedup:
         for key in [k for k in self.seen if k[0] in partitions]:
             del self.seen[key]
 
-    async def rebuild(
-        self, bootstrap: list[str], groups_topic: str, partitions: set[int], window: float
-    ) -> None:
+    async def rebuild(self, groups_topic: str, partitions: set[int], window: float) -> None:
         """Load what was flushed within the window from ``nmstream-groups``."""
         if window <= 0 or not partitions:
             return
-        since_ms = int((time.time() - window) * 1000)
-        consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None,
-                                    enable_auto_commit=False)
-        await consumer.start()
-        try:
-            tps = [TopicPartition(groups_topic, p) for p in sorted(partitions)]
-            consumer.assign(tps)
-            starts = await consumer.offsets_for_times({tp: since_ms for tp in tps})
-            for tp in tps:
-                found = starts.get(tp)
-                if found is None:
-                    await consumer.seek_to_end(tp)
-                else:
-                    consumer.seek(tp, found.offset)
-            remaining = set(tps)
-            deadline = time.monotonic() + REBUILD_TIMEOUT
-            while remaining and time.monotonic() < deadline:
-                batches = await consumer.getmany(*remaining, timeout_ms=500)
-                for tp, records in batches.items():
-                    for record in records:
-                        if record.timestamp >= since_ms and record.value is not None:
-                            self._load(tp.partition, record.timestamp / 1000, record.value)
-                for tp in list(remaining):
-                    highwater = consumer.highwater(tp)
-                    if highwater is not None and await consumer.position(tp) >= highwater:
-                        remaining.discard(tp)
-        finally:
-            await consumer.stop()
+        await read_window(groups_topic, time.time() - window, self._load, partitions)
         log.info("dedup state rebuilt for partitions %s: %d entries", sorted(partitions),
                  len(self.seen))
 

@@ -83,4 +83,7 @@ class AlertGroup(Record):
     alerts: list[Alert]
     source_receiver: str | None = Field(None, description="Alertmanager's receiver name")
     external_url: str | None = None
+    received_at: datetime | None = Field(
+        None, description="when nmstream received the group's oldest alert"
+    )
     flushed_at: datetime

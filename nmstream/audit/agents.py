@@ -1,0 +1,65 @@
+"""The NotificationManager's ``history.webhook``: each delivered notification's record of
+``nmstream-sent`` is posted there, as notification-manager's history receiver does. It reads
+the topic on its own, so a slow or absent history endpoint never holds up delivery; a post is
+tried a few times with backoff, then logged and counted as failed."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from nmstream.app import app
+from nmstream.channels.agents import deliver
+from nmstream.channels.base import Verdict
+from nmstream.config.agents import state
+from nmstream.config.models import WebhookReceiverSpec
+from nmstream.ingest.models import utcnow
+from nmstream.metrics import HISTORY_POSTS
+from nmstream.render.models import Notification, SentRecord
+from nmstream.routing.models import ReceiverRef, decode
+from nmstream.topics import sent_topic
+
+log = logging.getLogger(__name__)
+
+HISTORY_ATTEMPTS = 3
+HISTORY_BACKOFF = 1.0
+
+
+def history_notification(record: SentRecord, spec: WebhookReceiverSpec) -> Notification:
+    """The record as a notification to the virtual history receiver."""
+    receiver = ReceiverRef(
+        kind="WebhookReceiver", name="history", channel="webhook", tenant=None,
+        config_kind="WebhookConfig", config_name="",
+        targets=spec.model_dump(by_alias=True, exclude_none=True),
+    )
+    return Notification(
+        id=record.notification_id or "", channel="webhook", receiver=receiver,
+        group_id="", group_labels={}, subject=None, body=record.model_dump_json(by_alias=True),
+        fingerprints=record.fingerprints, statuses={}, created_at=utcnow(),
+    )
+
+
+@app.agent(sent_topic, name="nmstream.history")
+async def history(stream: Any) -> None:
+    """Post delivered-notification records to ``history.webhook`` when it is set."""
+    async for value in stream:
+        manager = state.view.manager()
+        target = manager.spec.history if manager is not None else None
+        if target is None:
+            continue
+        record = decode(SentRecord, value, sent_topic)
+        if record is None or record.status != "delivered":
+            continue
+        notification = history_notification(record, target.webhook)
+        for attempt in range(1, HISTORY_ATTEMPTS + 1):
+            outcome = await deliver(notification)
+            if outcome.verdict == Verdict.DELIVERED:
+                HISTORY_POSTS.labels(outcome="delivered").inc()
+                break
+            if outcome.verdict == Verdict.PERMANENT or attempt == HISTORY_ATTEMPTS:
+                HISTORY_POSTS.labels(outcome="failed").inc()
+                log.warning("history webhook: record of %s not posted: %s",
+                            record.notification_id, outcome.reason)
+                break
+            await asyncio.sleep(HISTORY_BACKOFF * 2 ** (attempt - 1))
