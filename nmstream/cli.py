@@ -4,6 +4,8 @@
 every other sub-command (``worker``, and the app's own commands) is Faust's CLI.
 ``--config-dir DIR`` (with ``dev`` or ``worker``) follows CR YAML files instead of a cluster.
 ``nmstream send-test --receiver NAME`` sends a test notification through a running worker.
+``nmstream replay --topic T --from TIME`` prints (and with ``--reprocess`` re-injects) what a
+topic holds in a time range; ``nmstream tap TOPIC`` follows one live. Neither needs a worker.
 """
 
 from __future__ import annotations
@@ -98,6 +100,24 @@ def send_test(argv: list[str]) -> int:
     return 0 if answer.get("status") == "delivered" else 1
 
 
+def audit(command: str, argv: list[str]) -> int:
+    """``replay`` or ``tap`` (:mod:`nmstream.audit.replay`) against the configured Kafka."""
+    from kafka.errors import KafkaError
+
+    from nmstream.audit import replay
+
+    try:
+        settings = get_settings()
+        run = replay.replay if command == "replay" else replay.tap
+        return run(argv, settings)
+    except SettingsError as exc:
+        return _fail(f"invalid settings:\n{exc}")
+    except replay.UsageError as exc:
+        return _fail(str(exc))
+    except KafkaError as exc:
+        return _fail(f"Kafka at {';'.join(get_settings().bootstrap_servers)}: {exc!r}")
+
+
 def _take_config_dir(args: list[str]) -> list[str]:
     """Remove ``--config-dir DIR`` from ``args`` into ``NMSTREAM_CONFIG_DIR``."""
     rest: list[str] = []
@@ -127,4 +147,6 @@ def main(argv: list[str] | None = None) -> int:
         return dev(args[1:])
     if args[:1] == ["send-test"]:
         return send_test(args[1:])
+    if args[:1] in (["replay"], ["tap"]):
+        return audit(args[0], args[1:])
     return _run_faust(args)

@@ -11,7 +11,7 @@ import pytest
 from aiosmtpd.controller import Controller
 
 from nmstream.broker import EmbeddedBroker, free_port
-from tests.helpers import Inbox, Sink, smtp_auth
+from tests.helpers import Inbox, Recorder, Sink, smtp_auth
 
 
 @pytest.fixture(scope="session")
@@ -46,4 +46,14 @@ def sinks() -> Iterator[tuple[int, Controller, Inbox]]:
     smtp.start()
     yield http.server_address[1], smtp, inbox
     smtp.stop()
+    http.shutdown()
+
+
+@pytest.fixture
+def recorder() -> Iterator[int]:
+    Recorder.got, Recorder.delay, Recorder.status = [], {}, {}
+    http = ThreadingHTTPServer(("127.0.0.1", 0), Recorder)
+    http.daemon_threads = True
+    threading.Thread(target=http.serve_forever, daemon=True).start()
+    yield http.server_address[1]
     http.shutdown()

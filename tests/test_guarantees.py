@@ -3,101 +3,30 @@ on its timeout, and the history (sent records of every kind, the history webhook
 
 from __future__ import annotations
 
-import json
-import re
 import signal
-import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import pytest
 import requests
-import yaml
 
 from nmstream.broker import EmbeddedBroker
 from nmstream.channels.delivered import Delivered
-from nmstream.channels.webhook import IDEMPOTENCY_HEADER
-from tests.helpers import Inbox, Worker, make_worker, read_topic, wait_until, wait_usable
-
-API = "notification.kubesphere.io/v2alpha1"
-
-
-class Recorder(BaseHTTPRequestHandler):
-    """A webhook receiver that records (path, notification id, body, time) of each request
-    as it arrives, and answers after ``delay[path]`` seconds."""
-
-    got: ClassVar[list[tuple[str, str, dict[str, Any], float]]] = []
-    delay: ClassVar[dict[str, float]] = {}
-    lock: ClassVar[threading.Lock] = threading.Lock()
-
-    def do_POST(self) -> None:
-        body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-        with Recorder.lock:
-            Recorder.got.append((self.path, self.headers.get(IDEMPOTENCY_HEADER, ""),
-                                 json.loads(body), time.monotonic()))
-        time.sleep(Recorder.delay.get(self.path, 0.0))
-        try:
-            self.send_response(200)
-            self.end_headers()
-        except OSError:  # the sender gave up (its timeout): the answer has nowhere to go
-            pass
-
-    def log_message(self, *args: Any) -> None:
-        return
-
-
-@pytest.fixture
-def recorder() -> Iterator[int]:
-    Recorder.got, Recorder.delay = [], {}
-    http = ThreadingHTTPServer(("127.0.0.1", 0), Recorder)
-    http.daemon_threads = True
-    threading.Thread(target=http.serve_forever, daemon=True).start()
-    yield http.server_address[1]
-    http.shutdown()
-
-
-def nm(**spec: Any) -> list[dict[str, Any]]:
-    """A NotificationManager (tenant key namespace) and a default webhook config."""
-    return [
-        {"apiVersion": API, "kind": "NotificationManager", "metadata": {"name": "nm"},
-         "spec": {"receivers": {"tenantKey": "namespace"}, **spec}},
-        {"apiVersion": API, "kind": "WebhookConfig",
-         "metadata": {"name": "hook", "labels": {"type": "default"}}},
-    ]
-
-
-def webhook(name: str, url: str, **labels: str) -> dict[str, Any]:
-    return {"apiVersion": API, "kind": "WebhookReceiver",
-            "metadata": {"name": name, "labels": {"type": "global", **labels}},
-            "spec": {"url": url}}
-
-
-def configured(broker: EmbeddedBroker, tmp_path: Path, prefix: str, docs: list[dict[str, Any]],
-               **env: str) -> Worker:
-    directory = tmp_path / "config"
-    directory.mkdir(exist_ok=True)
-    (directory / "config.yaml").write_text(yaml.safe_dump_all(docs))
-    return make_worker(broker, tmp_path, prefix, NMSTREAM_CONFIG_DIR=str(directory), **env)
-
-
-def alerts(names: list[str], namespace: str = "default") -> bytes:
-    """One webhook post with one firing alert per name (each its own group)."""
-    return json.dumps({
-        "receiver": "nmstream", "status": "firing", "version": "4", "groupKey": "{}:{}",
-        "alerts": [{"status": "firing", "labels": {"alertname": n, "namespace": namespace},
-                    "annotations": {"summary": n}, "startsAt": "2026-11-24T00:00:00Z"}
-                   for n in names],
-    }).encode()
-
-
-def metric(worker: Worker, name: str) -> float:
-    """Sum of a counter's series in the worker's /metrics."""
-    text = worker.get("/metrics").text
-    return sum(float(v) for v in re.findall(rf"^{name}(?:{{[^}}]*}})? (\S+)$", text, re.M))
+from tests.helpers import (
+    API,
+    Inbox,
+    Recorder,
+    alerts,
+    configured,
+    metric,
+    nm,
+    read_topic,
+    wait_until,
+    wait_usable,
+    webhook,
+)
 
 
 def test_the_delivered_table_knows_which_attempts_have_an_outcome() -> None:
