@@ -185,27 +185,40 @@ dedup = Dedup()
 dedup_ready = asyncio.Event()
 
 
-async def flush(gid: str) -> None:
-    """Write a pending group to Kafka, then acknowledge its events."""
-    group = pending.pop(gid, None)
-    if group is None:
-        return
-    try:
-        await (await groups_topic.send(key=gid.encode(), value=group.to_group().to_bytes()))
-    except Exception as exc:  # Kafka failed: keep the group, retry on the next tick
-        log.warning("cannot flush group %s (%s); retrying", gid, exc)
-        newer = pending.get(gid)
-        if newer is not None:
-            group.alerts.update(newer.alerts)
-            group.events.extend(newer.events)
-            if newer.received_at is not None:
-                group.received_at = min(group.received_at or newer.received_at,
-                                        newer.received_at)
-        pending[gid] = group
-        return
-    for event in group.events:
-        event.ack()
-    GROUPS_FLUSHED.inc()
+async def flush(*gids: str) -> None:
+    """Write pending groups to Kafka (all sent, then all acks awaited), then acknowledge
+    their events; a group Kafka did not take stays pending for the next tick."""
+    groups = [(gid, group) for gid in gids if (group := pending.pop(gid, None)) is not None]
+    sends = []
+    for gid, group in groups:
+        try:
+            sends.append(await groups_topic.send(key=gid.encode(),
+                                                 value=group.to_group().to_bytes()))
+        except Exception as exc:
+            sends.append(exc)
+    for (gid, group), sent in zip(groups, sends, strict=True):
+        try:
+            if isinstance(sent, Exception):
+                raise sent
+            await sent
+        except Exception as exc:  # Kafka failed: keep the group, retry on the next tick
+            log.warning("cannot flush group %s (%s); retrying", gid, exc)
+            _keep(gid, group)
+            continue
+        for event in group.events:
+            event.ack()
+        GROUPS_FLUSHED.inc()
+
+
+def _keep(gid: str, group: Pending) -> None:
+    """Put an unflushed group back, merged with what arrived for it meanwhile."""
+    newer = pending.get(gid)
+    if newer is not None:
+        group.alerts.update(newer.alerts)
+        group.events.extend(newer.events)
+        if newer.received_at is not None:
+            group.received_at = min(group.received_at or newer.received_at, newer.received_at)
+    pending[gid] = group
 
 
 @app.agent(routed_topic)
@@ -247,8 +260,7 @@ async def flusher() -> None:
     """Flush every group whose first alert waited ``batchMaxWait``."""
     max_wait = Batching.of(state.view.manager()).max_wait
     now = time.monotonic()
-    for gid in [g for g, p in pending.items() if now - p.started >= max_wait]:
-        await flush(gid)
+    await flush(*[g for g, p in pending.items() if now - p.started >= max_wait])
 
 
 @app.timer(1.0)  # type: ignore[untyped-decorator]
