@@ -64,8 +64,8 @@ def stamped(broker: EmbeddedBroker, prefix: str) -> str:
     producer = KafkaProducer(bootstrap_servers=broker.bootstrap, acks="all")
     start = int(T0.timestamp() * 1000)
     for i in range(60):
-        producer.send(topic, key=f"n{i:03d}".encode(), partition=i % 4, timestamp_ms=start + i * 1000,
-                      value=sent_record(i, "ab"[i % 2], f"r{i % 3}"))
+        producer.send(topic, key=f"n{i:03d}".encode(), partition=i % 4,
+                      timestamp_ms=start + i * 1000, value=sent_record(i, "ab"[i % 2], f"r{i % 3}"))
     producer.flush()
     producer.close()
     return topic
