@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-stamp
 # The whole suite must finish well inside CI's limit; a hung test is killed by pytest-timeout.
 SUITE_TIMEOUT ?= 900
 
-.PHONY: run test lint typecheck bench-ingest clean
+.PHONY: run test lint typecheck bench-ingest bench soak clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,14 @@ typecheck: $(STAMP)
 ## Ingest throughput against the bare-aiohttp ceiling.
 bench-ingest: $(STAMP)
 	$(BIN)/python bench/ingest.py
+
+## Alerts posted -> delivered to a webhook: nmstream vs. a real Alertmanager vs. the ceiling.
+bench: $(STAMP)
+	$(BIN)/python bench/e2e.py
+
+## A steady alert rate for 10 minutes: fails if the worker's RSS grows or exceeds 300 MiB.
+soak: $(STAMP)
+	$(BIN)/python bench/soak.py
 
 clean:
 	rm -rf $(VENV) .nmstream-data .pytest_cache .mypy_cache .ruff_cache

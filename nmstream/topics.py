@@ -12,12 +12,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.partitioner import DefaultPartitioner
 
 from nmstream.app import app, settings
 from nmstream.config.models import CHANNELS
@@ -91,6 +92,40 @@ notify_topics = {c: raw_topic(spec) for c, spec in NOTIFY.items()}
 dlq_topics = {c: raw_topic(spec) for c, spec in DLQ.items()}
 retry_topics = {c: raw_topic(spec) for c, spec in RETRY.items()}
 sent_topic = raw_topic(SENT)
+
+
+_partitioner = DefaultPartitioner()
+
+
+async def send_batched(
+    topic: str, records: Sequence[tuple[bytes, bytes, int]]
+) -> list[asyncio.Future[Any]]:
+    """Queue ``(key, value, timestamp_ms)`` records as one record batch per partition (split
+    where a batch is full) and return the batches' acknowledgement futures.
+
+    Partitions are chosen as ``Topic.send`` chooses them (the default partitioner over the
+    key), so a key stays on its partition; but a request of many records costs a few batches
+    instead of one Faust message, aiokafka message and future per record.
+    """
+    faust_producer: Any = app.producer
+    producer = faust_producer._ensure_producer()
+    partitions = sorted(await producer.partitions_for(topic))
+    by_partition: dict[int, list[tuple[bytes, bytes, int]]] = {}
+    for record in records:
+        partition = _partitioner(record[0], partitions, partitions)
+        by_partition.setdefault(partition, []).append(record)
+    futures = []
+    for partition, batch_records in by_partition.items():
+        batch = producer.create_batch()
+        for key, value, timestamp in batch_records:
+            if batch.append(key=key, value=value, timestamp=timestamp) is None:
+                batch.close()
+                futures.append(await producer.send_batch(batch, topic, partition=partition))
+                batch = producer.create_batch()
+                batch.append(key=key, value=value, timestamp=timestamp)
+        batch.close()
+        futures.append(await producer.send_batch(batch, topic, partition=partition))
+    return futures
 
 
 async def read_window(

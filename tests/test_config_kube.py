@@ -17,6 +17,7 @@ from tests.helpers import (
     names,
     read_topic,
     wait_for,
+    wait_until,
     wait_usable,
 )
 from tests.kube_server import KubeServer
@@ -70,6 +71,7 @@ def test_cluster_changes_reach_the_view_through_the_config_topic(
                        "metadata": {"name": "default-email-secret",
                                     "namespace": "kubesphere-monitoring-system"},
                        "stringData": {"password": "rotated-password"}})
+        wait_until(lambda: len(secret_digests(broker, prefix)) == 2, "the rotated digest")
 
         # cut off: changes and a compacted history while the watch is down → re-list
         cluster.stop()
@@ -83,10 +85,15 @@ def test_cluster_changes_reach_the_view_through_the_config_topic(
     finally:
         worker.stop()
 
+    assert len(secret_digests(broker, prefix)) == 2
     records = read_topic(broker, f"{prefix}-config", expect=1, raw=True)
-    key = "Secret/kubesphere-monitoring-system/default-email-secret"
-    digests = [json.loads(r["value"])["dataDigest"]["password"]
-               for r in records if r["key"] == key and r["value"]]
-    assert len(set(digests)) == 2
     everything = b"".join(r["value"] or b"" for r in records)
     assert b"rotated-password" not in everything and b"example-password" not in everything
+
+
+def secret_digests(broker: EmbeddedBroker, prefix: str) -> set[str]:
+    """The distinct digests of the example email secret's password on the config topic."""
+    records = read_topic(broker, f"{prefix}-config", expect=1, settle=0.2, raw=True)
+    key = "Secret/kubesphere-monitoring-system/default-email-secret"
+    return {json.loads(r["value"])["dataDigest"]["password"]
+            for r in records if r["key"] == key and r["value"]}

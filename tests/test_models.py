@@ -8,9 +8,14 @@ from datetime import UTC, datetime
 import pytest
 from pydantic import ValidationError
 
-from nmstream.ingest.models import AlertRecord, WebhookPayload, label_fingerprint
+from nmstream.ingest.models import (
+    AlertRecord,
+    WebhookPayload,
+    encode_records,
+    label_fingerprint,
+)
 from nmstream.settings import Settings, SettingsError, get_settings
-from tests.helpers import payload
+from tests.helpers import TESTDATA, payload
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -30,6 +35,22 @@ def test_fingerprint_depends_on_every_label_but_not_on_order() -> None:
     assert label_fingerprint(base) == label_fingerprint(dict(reversed(base.items())))
     assert label_fingerprint(base) != label_fingerprint({**base, "pod": "p"})
     assert label_fingerprint({"a": "bc"}) != label_fingerprint({"ab": "c"})
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in TESTDATA.glob("*.json")))
+def test_the_fast_encoder_writes_exactly_the_alert_records(name: str) -> None:
+    """Ingest serialises the request's fields once (``encode_records``); the bytes must be the
+    records' own, or consumers would read something other than the documented schema."""
+    try:
+        parsed = WebhookPayload.model_validate_json(payload(name))
+    except ValidationError:
+        pytest.skip(f"{name} is not a webhook payload")
+    context = parsed.context()
+    expected = [AlertRecord.build(a, context, "req-1", NOW) for a in parsed.alerts]
+    assert encode_records(parsed.alerts, context, "req-1", NOW) == [
+        (r.fingerprint.encode(), r.to_bytes()) for r in expected]
+    assert [AlertRecord.model_validate_json(v) for _, v in
+            encode_records(parsed.alerts, context, "req-1", NOW)] == expected
 
 
 def test_minimal_sender_alerts_get_distinct_computed_fingerprints() -> None:

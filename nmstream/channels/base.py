@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import functools
 import ssl
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -131,23 +133,39 @@ async def bounded_send(notifier: Notifier, notification: Notification, ctx: Send
 
 
 def ssl_context(tls: TLSConfig | None, secrets: Secrets) -> ssl.SSLContext:
-    """Verification on by default; root CA, client certificate and insecureSkipVerify honoured."""
-    context = ssl.create_default_context()
-    if tls is None:
-        return context
-    if tls.root_ca is not None:
-        context.load_verify_locations(cadata=secrets.text(tls.root_ca))
-    if tls.client_certificate and tls.client_certificate.cert and tls.client_certificate.key:
-        import tempfile
+    """Verification on by default; root CA, client certificate and insecureSkipVerify honoured.
 
+    One context per distinct TLS setting (and secret values), built once: loading the system
+    CAs costs milliseconds and megabytes, and aiohttp pools connections per context, so a new
+    context per send would also mean a new connection per send.
+    """
+    if tls is None:
+        return _context(None, None, None, False)
+    client = tls.client_certificate
+    pair = (client.cert, client.key) if client and client.cert and client.key else None
+    return _context(
+        secrets.text(tls.root_ca) if tls.root_ca is not None else None,
+        secrets.text(pair[0]) if pair else None,
+        secrets.text(pair[1]) if pair else None,
+        tls.insecure_skip_verify,
+    )
+
+
+@functools.lru_cache(maxsize=64)
+def _context(root_ca: str | None, cert: str | None, key: str | None,
+             insecure: bool) -> ssl.SSLContext:
+    context = ssl.create_default_context()
+    if root_ca is not None:
+        context.load_verify_locations(cadata=root_ca)
+    if cert is not None and key is not None:
         with tempfile.TemporaryDirectory() as directory:
-            cert, key = f"{directory}/cert.pem", f"{directory}/key.pem"
-            with open(cert, "w") as out:
-                out.write(secrets.text(tls.client_certificate.cert))
-            with open(key, "w") as out:
-                out.write(secrets.text(tls.client_certificate.key))
-            context.load_cert_chain(cert, key)
-    if tls.insecure_skip_verify:
+            cert_path, key_path = f"{directory}/cert.pem", f"{directory}/key.pem"
+            with open(cert_path, "w") as out:
+                out.write(cert)
+            with open(key_path, "w") as out:
+                out.write(key)
+            context.load_cert_chain(cert_path, key_path)
+    if insecure:
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
     return context

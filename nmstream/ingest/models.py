@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 from typing import Annotated, Literal
 
@@ -77,8 +78,11 @@ class WebhookPayload(GroupContext):
     alerts: Annotated[list[Alert], Field(min_length=1)]
 
     def context(self) -> GroupContext:
-        """The group fields without the alerts."""
-        return GroupContext.model_validate(self.model_dump(exclude={"alerts"}))
+        """The group fields without the alerts (validated already: not validated again)."""
+        return GroupContext.model_construct(
+            self.model_fields_set - {"alerts"},
+            **{name: getattr(self, name) for name in GroupContext.model_fields},
+        )
 
 
 PostableAlerts = TypeAdapter(Annotated[list[Alert], Field(min_length=1)])
@@ -114,6 +118,34 @@ class AlertRecord(_Wire):
     def to_bytes(self) -> bytes:
         """The topic encoding: JSON with Alertmanager's field names."""
         return self.model_dump_json(by_alias=True).encode()
+
+
+_TIMESTAMP = TypeAdapter(datetime)
+
+
+def encode_records(
+    alerts: list[Alert], group: GroupContext, request_id: str, received_at: datetime
+) -> list[tuple[bytes, bytes]]:
+    """Key and value of each alert's record, the bytes ``AlertRecord.build(...).to_bytes()``
+    gives, but with the request's fields and group serialised once, not once per alert."""
+    middle = b"".join((
+        b'","request_id":', json.dumps(request_id, ensure_ascii=False).encode(),
+        b',"received_at":', _TIMESTAMP.dump_json(received_at), b',"alert":',
+    ))
+    tail = b',"group":' + group.__pydantic_serializer__.to_json(group, by_alias=True) + b"}"
+    encoded = []
+    for alert in alerts:
+        fingerprint = alert.fingerprint or label_fingerprint(alert.labels)
+        stamped = alert.model_copy(
+            update={"fingerprint": fingerprint, "status": alert.effective_status(received_at)}
+        )
+        encoded.append((fingerprint.encode(), b"".join((
+            b'{"schema_version":1,"fingerprint":',
+            json.dumps(fingerprint, ensure_ascii=False).encode(),
+            b',"fingerprint_source":"', b"sender" if alert.fingerprint else b"computed", middle,
+            stamped.__pydantic_serializer__.to_json(stamped, by_alias=True), tail,
+        ))))
+    return encoded
 
 
 def utcnow() -> datetime:

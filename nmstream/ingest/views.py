@@ -14,14 +14,14 @@ from pydantic import ValidationError
 
 from nmstream.app import app, settings
 from nmstream.ingest.models import (
-    AlertRecord,
     GroupContext,
     PostableAlerts,
     WebhookPayload,
+    encode_records,
     utcnow,
 )
 from nmstream.metrics import ALERTS_INGESTED, INGEST_REQUESTS, PRODUCE_SECONDS
-from nmstream.topics import alerts_topic, guard
+from nmstream.topics import ALERTS, guard, send_batched
 
 log = logging.getLogger(__name__)
 
@@ -74,28 +74,21 @@ def parse(body: bytes) -> tuple[GroupContext, list[Any]]:
     return payload.context(), list(payload.alerts)
 
 
-async def produce(records: list[AlertRecord]) -> None:
-    """Send every record and wait until Kafka acknowledged all of them, or time out.
+async def produce(records: list[tuple[bytes, bytes]], timestamp_ms: int) -> None:
+    """Send every ``(key, value)`` record and wait until Kafka acknowledged them all, or time out.
 
     The topics are verified first whenever Kafka failed before (see :class:`TopicGuard`).
-    The acknowledgement futures are never cancelled (Faust and aiokafka resolve them later
-    even after a timeout); only the wait for them ends.
+    The acknowledgement futures are never cancelled (aiokafka resolves them later even after
+    a timeout); only the wait for them ends.
     """
     loop = asyncio.get_running_loop()
     deadline = loop.time() + settings.produce_timeout
     async with asyncio.timeout_at(deadline):
         if not guard.ready.is_set():
             await guard.ensure()
-        futures = [
-            asyncio.ensure_future(
-                await alerts_topic.send(
-                    key=record.fingerprint.encode(),
-                    value=record.to_bytes(),
-                    timestamp=record.received_at.timestamp(),
-                )
-            )
-            for record in records
-        ]
+        futures = await send_batched(
+            ALERTS.name, [(key, value, timestamp_ms) for key, value in records]
+        )
     done, pending = await asyncio.wait(futures, timeout=max(deadline - loop.time(), 0))
     if pending:
         raise TimeoutError
@@ -117,10 +110,10 @@ class IngestAlerts(View):
             return self.json(exc.body, status=exc.status)
 
         request_id, now = str(uuid.uuid4()), utcnow()
-        records = [AlertRecord.build(alert, group, request_id, now) for alert in alerts]
+        records = encode_records(alerts, group, request_id, now)
         started = time.perf_counter()
         try:
-            await produce(records)
+            await produce(records, int(now.timestamp() * 1000))
         except Exception as exc:  # timeout or any Kafka error: the sender must retry
             guard.suspect()
             INGEST_REQUESTS.labels(outcome="unavailable").inc()

@@ -15,9 +15,11 @@ needed (and none can be lost).
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import re
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -28,7 +30,7 @@ from nmstream.app import app, settings
 from nmstream.audit.history import record_outcome
 from nmstream.config.agents import state
 from nmstream.config.models import NotificationManager
-from nmstream.config.selection import Selected, channel_of, select
+from nmstream.config.selection import Selected, Skipped, channel_of, select
 from nmstream.ingest.models import Alert, AlertRecord, utcnow
 from nmstream.metrics import (
     ALERTS_DEDUPLICATED,
@@ -39,7 +41,7 @@ from nmstream.metrics import (
 from nmstream.render.models import SentRecord
 from nmstream.routing.dedup import Dedup
 from nmstream.routing.models import AlertGroup, ReceiverRef, RoutedAlert, decode, group_id
-from nmstream.topics import GROUPS, ROUTED, alerts_topic, groups_topic, routed_topic
+from nmstream.topics import GROUPS, ROUTED, alerts_topic, groups_topic, routed_topic, send_batched
 
 log = logging.getLogger(__name__)
 
@@ -112,38 +114,99 @@ def receiver_ref(selected: Selected) -> ReceiverRef:
     )
 
 
+#: The route agent takes alerts in batches of up to this many, waiting at most this long.
+ROUTE_BATCH = 500
+ROUTE_BATCH_WAIT = 0.005
+_batching: tuple[int, Batching] | None = None
+_refs: tuple[int, dict[tuple[int, int, str | None], tuple[ReceiverRef, bytes]]] | None = None
+
+
+def batching() -> Batching:
+    """The NotificationManager's batching, recomputed only when the view changed."""
+    global _batching
+    version = state.view.version
+    if _batching is None or _batching[0] != version:
+        _batching = (version, Batching.of(state.view.manager()))
+    return _batching[1]
+
+
+def cached_ref(selected: Selected) -> tuple[ReceiverRef, bytes]:
+    """:func:`receiver_ref` and its JSON, built once per receiver and view version (the
+    snapshot holding the receiver and config objects lives as long as that version)."""
+    global _refs
+    version = state.view.version
+    if _refs is None or _refs[0] != version:
+        _refs = (version, {})
+    key = (id(selected.receiver), id(selected.config), selected.tenant)
+    if (hit := _refs[1].get(key)) is None:
+        ref = receiver_ref(selected)
+        hit = _refs[1][key] = (ref, ref.to_bytes())
+    return hit
+
+
+def routed_value(gid: str, labels: dict[str, str], ref: bytes, record: bytes) -> bytes:
+    """A :class:`RoutedAlert` as JSON, spliced from the receiver's and the alert record's own
+    JSON (the record as read from ``nmstream-alerts``, validated) instead of re-serialised."""
+    return b"".join((
+        b'{"schema_version":1,"group_id":', json.dumps(gid).encode(),
+        b',"group_labels":', json.dumps(labels, ensure_ascii=False).encode(),
+        b',"receiver":', ref, b',"record":', record,
+        b',"routed_at":', json.dumps(utcnow().isoformat().replace("+00:00", "Z")).encode(), b"}",
+    ))
+
+
+async def publish(records: list[tuple[bytes, bytes, int]]) -> None:
+    """Write routed records and wait for Kafka's acks; retry until Kafka takes them (the
+    alerts' offsets are committed only after this returns)."""
+    while True:
+        try:
+            await asyncio.gather(*await send_batched(ROUTED.name, records))
+            return
+        except Exception as exc:
+            log.warning("cannot write %d routed alerts (%s); retrying", len(records), exc)
+            await asyncio.sleep(1.0)
+
+
 @app.agent(alerts_topic)
 async def route(stream: Any) -> None:
-    """Alert → one routed record per receiver that gets it."""
+    """Alert → one routed record per receiver that gets it, a batch of alerts at a time."""
     await state.reader.synced.wait()
-    async for value in stream:
-        record = decode(AlertRecord, value, alerts_topic)
-        if record is None:
-            continue
-        selection = select(record.alert.labels, state.view.snapshot())
-        for skipped in selection.skipped:
-            log.debug("alert %s: receiver %s skipped: %s", record.fingerprint,
-                      skipped.receiver.metadata.name, skipped.reason)
-        if not selection.selected:
-            ALERTS_UNROUTED.inc()
-            log.debug("alert %s (%s) matches no receiver", record.fingerprint, record.alert.labels)
-            reasons = sorted({s.reason for s in selection.skipped})
-            await record_outcome(SentRecord(
-                notification_id=None, status="filtered", channel=None, receiver=None,
-                tenant=None, fingerprints=[record.fingerprint],
-                error="; ".join(reasons) or "no receiver matches",
-                received_at=record.received_at, at=utcnow(),
-            ))
-            continue
-        batching = Batching.of(state.view.manager())
-        labels = {k: record.alert.labels[k] for k in batching.labels if k in record.alert.labels}
-        for selected in selection.selected:
-            ref = receiver_ref(selected)
-            gid = group_id(ref, labels)
-            routed = RoutedAlert(group_id=gid, group_labels=labels, receiver=ref, record=record,
-                                 routed_at=utcnow())
-            await routed_topic.send(key=gid.encode(), value=routed.to_bytes())
-            ALERTS_ROUTED.labels(channel=ref.channel).inc()
+    async for values in stream.take(ROUTE_BATCH, within=ROUTE_BATCH_WAIT):
+        snapshot, grouping = state.view.snapshot(), batching()
+        now_ms = int(time.time() * 1000)
+        out: list[tuple[bytes, bytes, int]] = []
+        for value in values:
+            record = decode(AlertRecord, value, alerts_topic)
+            if record is None:
+                continue
+            selection = select(record.alert.labels, snapshot)
+            if not selection.selected:
+                await unrouted(record, selection.skipped)
+                continue
+            labels = {k: record.alert.labels[k] for k in grouping.labels
+                      if k in record.alert.labels}
+            for selected in selection.selected:
+                ref, ref_json = cached_ref(selected)
+                gid = group_id(ref, labels)
+                out.append((gid.encode(), routed_value(gid, labels, ref_json, value), now_ms))
+                ALERTS_ROUTED.labels(channel=ref.channel).inc()
+        if out:
+            await publish(out)
+
+
+async def unrouted(record: AlertRecord, skipped: Sequence[Skipped]) -> None:
+    """An alert no receiver takes: counted, and a ``filtered`` outcome with the reasons."""
+    ALERTS_UNROUTED.inc()
+    for skip in skipped:
+        log.debug("alert %s: receiver %s skipped: %s", record.fingerprint,
+                  skip.receiver.metadata.name, skip.reason)
+    reasons = sorted({s.reason for s in skipped})
+    await record_outcome(SentRecord(
+        notification_id=None, status="filtered", channel=None, receiver=None,
+        tenant=None, fingerprints=[record.fingerprint],
+        error="; ".join(reasons) or "no receiver matches",
+        received_at=record.received_at, at=utcnow(),
+    ))
 
 
 @dataclass
@@ -230,17 +293,17 @@ async def group(stream: Any) -> None:
         if routed is None:
             event.ack()
             continue
-        batching = Batching.of(state.view.manager())
+        grouping = batching()
         partition, offset = event.message.partition, event.message.offset
         alert = routed.record.alert
         if not dedup.admit(partition, routed.receiver.key, alert.fingerprint,
-                           alert.status or "firing", (partition, offset), batching.dedup_window):
+                           alert.status or "firing", (partition, offset), grouping.dedup_window):
             ALERTS_DEDUPLICATED.inc()
             await record_outcome(SentRecord(
                 notification_id=None, status="deduplicated", channel=routed.receiver.channel,
                 receiver=routed.receiver, tenant=routed.receiver.tenant,
                 fingerprints=[alert.fingerprint], error=f"{alert.status or 'firing'} again within "
-                f"dedupWindow {batching.dedup_window:g}s", received_at=routed.record.received_at,
+                f"dedupWindow {grouping.dedup_window:g}s", received_at=routed.record.received_at,
                 at=utcnow(),
             ))
             event.ack()
@@ -251,14 +314,14 @@ async def group(stream: Any) -> None:
                 routed, event.message.tp, time.monotonic()
             )
         current.add(routed, event)
-        if len(current.alerts) >= batching.max_size:
+        if len(current.alerts) >= grouping.max_size:
             await flush(routed.group_id)
 
 
 @app.timer(FLUSH_TICK)  # type: ignore[untyped-decorator]
 async def flusher() -> None:
     """Flush every group whose first alert waited ``batchMaxWait``."""
-    max_wait = Batching.of(state.view.manager()).max_wait
+    max_wait = batching().max_wait
     now = time.monotonic()
     await flush(*[g for g, p in pending.items() if now - p.started >= max_wait])
 
@@ -266,7 +329,7 @@ async def flusher() -> None:
 @app.timer(1.0)  # type: ignore[untyped-decorator]
 async def expire_dedup() -> None:
     """Forget alerts sent longer than ``dedupWindow`` ago."""
-    dedup.purge(Batching.of(state.view.manager()).dedup_window)
+    dedup.purge(batching().dedup_window)
 
 
 def _routed_partitions(tps: set[TP]) -> set[int]:
@@ -288,7 +351,7 @@ async def rebuild_dedup(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) 
     """Load what was sent within the window for the partitions this worker now owns."""
     assigned: set[TP] = args[0]
     partitions = _routed_partitions(assigned)
-    window = Batching.of(state.view.manager()).dedup_window
+    window = batching().dedup_window
     try:
         await dedup.rebuild(GROUPS.name, partitions, window)
     except Exception as exc:  # Kafka trouble: start empty (a repeat may be sent, none lost)

@@ -52,13 +52,22 @@ class Dedup:
             and last.source != source
         ):
             return False
+        # re-inserted at the end: the dict stays ordered by time, so purge stops early
+        self.seen.pop(key, None)
         self.seen[key] = Seen(status, now, source)
         return True
 
     def purge(self, window: float, now: float | None = None) -> None:
-        """Forget what is older than the window."""
+        """Forget what is older than the window, oldest first, up to the first younger entry
+        (entries are in admission order; the few loaded out of order at a rebuild only wait
+        for the entries before them)."""
         now = time.time() if now is None else now
-        for key in [k for k, v in self.seen.items() if now - v.at >= window]:
+        expired = []
+        for key, seen in self.seen.items():
+            if now - seen.at < window:
+                break
+            expired.append(key)
+        for key in expired:
             del self.seen[key]
 
     def forget(self, partitions: set[int]) -> None:

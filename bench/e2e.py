@@ -1,0 +1,245 @@
+"""End to end: alerts posted → delivered to a webhook, nmstream against a real Alertmanager.
+
+Starts the embedded broker, one nmstream worker whose only receiver is a global webhook
+pointing at a loopback sink (a child process recording when each alert arrives), and posts N
+alerts in Alertmanager-sized posts of 100 (webhook v4 payloads, as Alertmanager sends them) over
+G groups with a few keep-alive clients. Then the same alerts through a real Prometheus
+Alertmanager (its v2 API, the same sink as its webhook, group_by the same labels, group_wait the
+batch wait), and the same posts to a bare aiohttp handler that only parses the JSON (the
+ceiling). Everything shares this machine: clients, sink, worker, broker, Alertmanager.
+
+Figures: alerts/s acknowledged (first post to last answer), alerts/s delivered (first post to
+last alert at the sink), p50/p99 of post → delivery per alert, peak RSS (VmHWM) of the worker,
+the broker and Alertmanager.
+
+    python bench/e2e.py [--alerts 20000] [--groups 1400] [--batch-wait 1] [--profile out.txt]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from common import (
+    Alertmanager,
+    Load,
+    Sink,
+    Worker,
+    alertmanager_binary,
+    chunks,
+    make_alerts,
+    percentile,
+    post_all,
+    postable_body,
+    rss_mib,
+    stop,
+    wait_ready,
+    webhook_body,
+    write_config,
+)
+from ingest import CEILING_SERVER
+
+from nmstream.broker import EmbeddedBroker, free_port
+
+WARMUP_ALERTS = 200
+
+
+@dataclass
+class Figures:
+    """What one system measured."""
+
+    ingest: float
+    delivered: float | None = None
+    p50: float | None = None
+    p99: float | None = None
+    rss: float | None = None
+    broker_rss: float | None = None
+    notifications: int = 0
+    errors: int = 0
+    missing: int = 0
+
+
+def run_load(url: str, sink: Sink, bodies: list[tuple[list[str], bytes]], expected: int,
+             concurrency: int, timeout: float) -> Figures:
+    """Post the bodies, wait for the sink to have every alert, and measure."""
+    sink.reset()
+    load = asyncio.run(post_all(url, bodies, concurrency))
+    sink.wait_for(expected, timeout)
+    arrivals, stats = sink.arrivals(), sink.stats()
+    return figures(load, arrivals, expected, stats["notifications"])
+
+
+def figures(load: Load, arrivals: dict[str, float], expected: int, notifications: int) -> Figures:
+    """Rates and latencies of one run (rates over the alerts that arrived)."""
+    start = load.first_sent
+    latencies = [arrivals[s] - p.sent for p in load.posts for s in p.seqs if s in arrivals]
+    result = Figures(ingest=expected / (load.last_acked - start), notifications=notifications,
+                     errors=load.errors, missing=expected - len(latencies))
+    if latencies:
+        result.delivered = len(latencies) / (max(arrivals.values()) - start)
+        result.p50, result.p99 = percentile(latencies, 0.5), percentile(latencies, 0.99)
+    return result
+
+
+def warm_up(url: str, sink: Sink, groups: int, webhook: bool) -> None:
+    """A few posts through the whole path, so that connections and caches exist."""
+    alerts = make_alerts(WARMUP_ALERTS, max(1, groups // 100), prefix="w")
+    encode = webhook_body if webhook else postable_body
+    bodies = [([a["labels"]["seq"] for a in c], encode(c)) for c in chunks(alerts, 100)]
+    run_load(url, sink, bodies, WARMUP_ALERTS, 2, 60)
+
+
+def profiled(pid: int, output: str, seconds: float) -> subprocess.Popen[bytes] | None:
+    """py-spy recording ``pid`` for ``seconds`` into ``output`` (collapsed stacks), if installed."""
+    spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    if not Path(spy).exists():
+        print("--profile: py-spy is not installed (pip install py-spy)", file=sys.stderr)
+        return None
+    return subprocess.Popen([spy, "record", "--pid", str(pid), "--format", "raw", "--rate", "200",
+                             "--duration", str(int(seconds)), "--output", output, "--nonblocking"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def bench_nmstream(args: argparse.Namespace, workdir: Path, sink: Sink,
+                   bodies: list[tuple[list[str], bytes]]) -> Figures:
+    """nmstream: broker, worker, warm-up, measured load."""
+    write_config(workdir / "config", sink.url, args.batch_wait)
+    with EmbeddedBroker() as broker:
+        assert broker.process is not None
+        worker = Worker(workdir, broker.url, free_port(), workdir / "config")
+        try:
+            worker.wait_usable()
+            url = f"{worker.base}/api/v2/alerts"
+            warm_up(url, sink, args.groups, webhook=True)
+            spy = profiled(worker.process.pid, args.profile, 30) if args.profile else None
+            result = run_load(url, sink, bodies, args.alerts, args.concurrency, args.timeout)
+            result.rss = rss_mib(worker.process.pid, "VmHWM")
+            result.broker_rss = rss_mib(broker.process.pid, "VmHWM")
+            if spy is not None:
+                spy.wait()
+        finally:
+            worker.stop()
+    return result
+
+
+def bench_alertmanager(args: argparse.Namespace, workdir: Path, sink: Sink,
+                       bodies: list[tuple[list[str], bytes]]) -> Figures | None:
+    """The same load through a real Alertmanager (None when it cannot be installed)."""
+    binary = alertmanager_binary()
+    if binary is None:
+        print("Alertmanager: not installed and not installable here; skipped", file=sys.stderr)
+        return None
+    am = Alertmanager(binary, workdir, free_port(), sink.url, args.batch_wait,
+                      args.am_group_interval)
+    try:
+        warm_up(am.alerts_url, sink, args.groups, webhook=False)
+        result = run_load(am.alerts_url, sink, bodies, args.alerts, args.concurrency,
+                          args.timeout)
+        result.rss = rss_mib(am.process.pid, "VmHWM")
+    finally:
+        am.stop()
+    return result
+
+
+def bench_ceiling(args: argparse.Namespace, workdir: Path,
+                  bodies: list[tuple[list[str], bytes]]) -> Figures:
+    """The same posts to a bare aiohttp handler that only parses the JSON."""
+    port = free_port()
+    log = workdir / "ceiling.log"
+    with log.open("wb") as out:
+        ceiling = subprocess.Popen([sys.executable, "-c", CEILING_SERVER, str(port)],
+                                   stdout=out, stderr=subprocess.STDOUT)
+    try:
+        wait_ready(f"http://127.0.0.1:{port}/-/ready", ceiling, log, 30)
+        load = asyncio.run(post_all(f"http://127.0.0.1:{port}/api/v2/alerts", bodies,
+                                    args.concurrency))
+        return Figures(ingest=args.alerts / (load.last_acked - load.first_sent),
+                       rss=rss_mib(ceiling.pid, "VmHWM"), errors=load.errors)
+    finally:
+        stop(ceiling)
+
+
+def cell(value: float | None, unit: str = "") -> str:
+    """A table cell: the value, or n/a."""
+    if value is None:
+        return "n/a"
+    return f"{value:.3f}{unit}" if unit == " s" else f"{value:.0f}{unit}"
+
+
+def ratio(a: float | None, b: float | None) -> str:
+    """a/b, or n/a."""
+    return f"{a / b:.2f}" if a is not None and b else "n/a"
+
+
+def report(args: argparse.Namespace, nm: Figures, am: Figures | None, top: Figures) -> None:
+    """Print the table."""
+    print(f"\nend-to-end benchmark: {args.alerts} alerts in posts of {args.post_size} over "
+          f"{args.groups} groups, {args.concurrency} clients, batch wait {args.batch_wait:g} s; "
+          f"everything on {os.cpu_count()} cores")
+    rows = [
+        ("ingest, alerts/s (acknowledged)", "ingest", ""),
+        ("end to end, alerts/s (delivered)", "delivered", ""),
+        ("latency post→delivery p50", "p50", " s"),
+        ("latency post→delivery p99", "p99", " s"),
+        ("peak RSS, MiB (worker | AM)", "rss", ""),
+        ("peak RSS of the broker, MiB", "broker_rss", ""),
+    ]
+    print(f"{'':34}{'nmstream':>12}{'Alertmanager':>14}{'nm/AM':>8}{'ceiling':>10}")
+    for name, attr, unit in rows:
+        mine, theirs = getattr(nm, attr), getattr(am, attr) if am else None
+        top_value = getattr(top, attr) if attr == "ingest" else None
+        print(f"{name:34}{cell(mine, unit):>12}{cell(theirs, unit):>14}"
+              f"{ratio(mine, theirs):>8}{cell(top_value):>10}")
+    print(f"nmstream/ceiling ingest: {ratio(nm.ingest, top.ingest)}")
+    for name, f in (("nmstream", nm), ("Alertmanager", am)):
+        if f is not None:
+            print(f"{name}: {f.notifications} webhook posts, {f.errors} failed posts "
+                  f"(retried), {f.missing} alerts never delivered")
+
+
+def main() -> int:
+    """Run nmstream, Alertmanager and the ceiling on the same load; print the table."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--alerts", type=int, default=20000)
+    parser.add_argument("--groups", type=int, default=1400)
+    parser.add_argument("--batch-wait", type=float, default=1.0,
+                        help="nmstream batchMaxWait = Alertmanager group_wait, seconds")
+    parser.add_argument("--post-size", type=int, default=100)
+    parser.add_argument("--concurrency", type=int, default=4)
+    parser.add_argument("--timeout", type=float, default=120.0,
+                        help="seconds to wait for every alert at the sink")
+    parser.add_argument("--am-group-interval", default="5m")
+    parser.add_argument("--no-alertmanager", action="store_true")
+    parser.add_argument("--profile", metavar="FILE",
+                        help="record the worker with py-spy for 30 s of the load (raw stacks)")
+    args = parser.parse_args()
+    workdir = Path(tempfile.mkdtemp(prefix="nmstream-e2e-"))
+    alerts = make_alerts(args.alerts, args.groups)
+    posts = chunks(alerts, args.post_size)
+    seqs = [[a["labels"]["seq"] for a in c] for c in posts]
+    bodies = list(zip(seqs, (webhook_body(c) for c in posts), strict=True))
+    am_bodies = list(zip(seqs, (postable_body(c) for c in posts), strict=True))
+
+    sink = Sink(workdir, free_port())
+    started = time.monotonic()
+    try:
+        nm = bench_nmstream(args, workdir, sink, bodies)
+        am = None if args.no_alertmanager else bench_alertmanager(args, workdir, sink, am_bodies)
+    finally:
+        sink.stop()
+    top = bench_ceiling(args, workdir, bodies)
+    report(args, nm, am, top)
+    print(f"(run took {time.monotonic() - started:.0f} s; logs in {workdir})")
+    return 0 if nm.missing == 0 and (am is None or am.missing == 0) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
