@@ -40,6 +40,8 @@ TOPICS = ("alerts", "routed", "groups", "sent", "config",
           *(f"{kind}-{c}" for kind in ("notify", "retry", "dlq") for c in CHANNELS))
 #: How long a replay waits for a partition's next fetch before it gives up on the broker.
 STALL_TIMEOUT = 30.0
+#: How long the commands try to reach Kafka before they say it is unreachable.
+BOOTSTRAP_TIMEOUT_MS = 10_000
 _AGO = re.compile(r"^(\d+(?:\.\d+)?)(s|m|h|d)$")
 _UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
@@ -132,16 +134,14 @@ class Entry:
 
 def _consumer(settings: Settings) -> KafkaConsumer:
     return KafkaConsumer(bootstrap_servers=settings.bootstrap_servers, group_id=None,
-                         enable_auto_commit=False, client_id="nmstream-replay")
+                         enable_auto_commit=False, client_id="nmstream-replay",
+                         bootstrap_timeout_ms=BOOTSTRAP_TIMEOUT_MS)
 
 
 def _partitions(consumer: KafkaConsumer, topic: str) -> list[TopicPartition]:
-    deadline = time.monotonic() + 10
-    while not (parts := consumer.partitions_for_topic(topic)):
-        if time.monotonic() > deadline:
-            raise UsageError(f"topic {topic} does not exist on this Kafka")
-        time.sleep(0.2)
-    return [TopicPartition(topic, p) for p in sorted(parts)]
+    if topic not in consumer.topics():  # fresh metadata, not the cached guess
+        raise UsageError(f"topic {topic} does not exist on this Kafka")
+    return [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic))]
 
 
 def _seek_to_time(consumer: KafkaConsumer, tps: list[TopicPartition], since_ms: int) -> None:
