@@ -15,7 +15,6 @@ import argparse
 import asyncio
 import json
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -25,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
+from common import stop, wait_ready
 from kafka import KafkaConsumer, TopicPartition
 
 from nmstream.broker import EmbeddedBroker, free_port
@@ -87,23 +87,6 @@ async def load(url: str, bodies: list[bytes], seconds: float, concurrency: int) 
     return result
 
 
-def wait_ready(url: str, process: subprocess.Popen[bytes], log: Path, timeout: float) -> None:
-    """Poll ``url`` until 200, or exit with the process log."""
-    import urllib.request
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            break
-        try:
-            with urllib.request.urlopen(url, timeout=1) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.2)
-    sys.exit(f"{url} not ready:\n{log.read_text()[-4000:]}")
-
-
 def count_records(bootstrap: str, topic: str, quiet: float = 2.0, limit: float = 120.0) -> int:
     """Records on ``topic``, counted by consuming (the broker's end offsets are unreliable)."""
     consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
@@ -120,17 +103,6 @@ def count_records(bootstrap: str, topic: str, quiet: float = 2.0, limit: float =
         return count
     finally:
         consumer.close()
-
-
-def stop(process: subprocess.Popen[bytes]) -> None:
-    """SIGTERM, then kill after 20 s."""
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(10)
 
 
 def main() -> int:
