@@ -45,7 +45,7 @@ from common import (
     webhook_body,
     write_config,
 )
-from ingest import CEILING_SERVER
+from ingest import start_ceiling
 
 from nmstream.broker import EmbeddedBroker, free_port
 
@@ -154,9 +154,7 @@ def bench_ceiling(args: argparse.Namespace, workdir: Path,
     """The same posts to a bare aiohttp handler that only parses the JSON."""
     port = free_port()
     log = workdir / "ceiling.log"
-    with log.open("wb") as out:
-        ceiling = subprocess.Popen([sys.executable, "-c", CEILING_SERVER, str(port)],
-                                   stdout=out, stderr=subprocess.STDOUT)
+    ceiling = start_ceiling(port, log)
     try:
         wait_ready(f"http://127.0.0.1:{port}/-/ready", ceiling, log, 30)
         load = asyncio.run(post_all(f"http://127.0.0.1:{port}/api/v2/alerts", bodies,

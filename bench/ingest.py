@@ -87,6 +87,13 @@ async def load(url: str, bodies: list[bytes], seconds: float, concurrency: int) 
     return result
 
 
+def start_ceiling(port: int, log: Path) -> subprocess.Popen[bytes]:
+    """The bare aiohttp ceiling server on ``port``, its output in ``log``."""
+    with log.open("wb") as out:
+        return subprocess.Popen([sys.executable, "-c", CEILING_SERVER, str(port)],
+                                stdout=out, stderr=subprocess.STDOUT)
+
+
 def count_records(bootstrap: str, topic: str, quiet: float = 2.0, limit: float = 120.0) -> int:
     """Records on ``topic``, counted by consuming (the broker's end offsets are unreliable)."""
     consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
@@ -126,9 +133,7 @@ def main() -> int:
                 [sys.executable, "-m", "nmstream", "worker", "-l", "warn"],
                 env=env, cwd=workdir, stdout=log, stderr=subprocess.STDOUT)
         ceiling_log = workdir / "ceiling.log"
-        with ceiling_log.open("wb") as log:
-            ceiling = subprocess.Popen([sys.executable, "-c", CEILING_SERVER, str(ceiling_port)],
-                                       stdout=log, stderr=subprocess.STDOUT)
+        ceiling = start_ceiling(ceiling_port, ceiling_log)
         try:
             wait_ready(f"http://127.0.0.1:{web_port}/-/ready", worker, worker_log, 60)
             wait_ready(f"http://127.0.0.1:{ceiling_port}/-/ready", ceiling, ceiling_log, 30)

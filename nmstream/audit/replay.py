@@ -70,7 +70,7 @@ def parse_time(value: str, option: str, now: datetime | None = None) -> datetime
 
 
 def check_topic(name: str) -> str:
-    """A topic argument: one of :data:`TOPICS`, with or without the prefix."""
+    """A topic argument: one of :data:`TOPICS` (the name without ``NMSTREAM_TOPIC_PREFIX``)."""
     if name not in TOPICS:
         raise UsageError(f"--topic: {name!r} is not one of nmstream's topics: "
                          + ", ".join(TOPICS))
@@ -267,10 +267,9 @@ def _parser(prog: str, doc: str | None) -> argparse.ArgumentParser:
     return argparse.ArgumentParser(prog=prog, description=(doc or "").split("\n\n")[0])
 
 
-def replay(argv: list[str], settings: Settings, out: Any = None) -> int:
+def replay(argv: list[str], settings: Settings) -> int:
     """Print the records of a topic in a time range as JSON lines; ``--reprocess`` sends the
     alerts or dead letters among them through the pipeline again."""
-    out = out or sys.stdout
     parser = _parser("nmstream replay", replay.__doc__)
     parser.add_argument("--topic", required=True, help="alerts, sent, dlq-<channel>, ...")
     parser.add_argument("--from", dest="since", required=True, help="start time (inclusive)")
@@ -289,11 +288,13 @@ def replay(argv: list[str], settings: Settings, out: Any = None) -> int:
         raise UsageError("--receiver: alerts have no receiver yet; use --tenant (namespace)")
     if args.reprocess and topic != "alerts" and not topic.startswith("dlq-"):
         raise UsageError("--reprocess: only alerts and dlq-<channel> can be re-injected")
-    wanted = Filter(args.tenant, args.receiver)
-    entries = [e for e in read_range(settings, settings.topic(topic), since, until)
-               if wanted.matches(topic, e.as_json(topic)["value"])]
-    for entry in entries:
-        print(json.dumps(entry.as_json(settings.topic(topic))), file=out)
+    wanted, name = Filter(args.tenant, args.receiver), settings.topic(topic)
+    entries = []
+    for entry in read_range(settings, name, since, until):
+        line = entry.as_json(name)
+        if wanted.matches(topic, line["value"]):
+            entries.append(entry)
+            print(json.dumps(line))
     print(f"nmstream: {len(entries)} record(s) of {settings.topic(topic)}", file=sys.stderr)
     if args.reprocess:
         sent = _reinject(settings, topic, entries)
@@ -301,9 +302,8 @@ def replay(argv: list[str], settings: Settings, out: Any = None) -> int:
     return 0
 
 
-def tap(argv: list[str], settings: Settings, out: Any = None) -> int:
+def tap(argv: list[str], settings: Settings) -> int:
     """Follow a topic live and print its records as JSON lines until interrupted."""
-    out = out or sys.stdout
     parser = _parser("nmstream tap", tap.__doc__)
     parser.add_argument("topic", help="alerts, sent, notify-<channel>, dlq-<channel>, ...")
     parser.add_argument("--from", dest="since", help="start time (default: now)")
@@ -319,7 +319,7 @@ def tap(argv: list[str], settings: Settings, out: Any = None) -> int:
     def emit(entry: Entry) -> None:
         line = entry.as_json(settings.topic(topic))
         if wanted.matches(topic, line["value"]):
-            print(json.dumps(line), file=out, flush=True)
+            print(json.dumps(line), flush=True)
 
     with contextlib.suppress(KeyboardInterrupt):
         follow(settings, settings.topic(topic), since, emit, lambda: bool(stopping))
