@@ -55,10 +55,10 @@ def _spec(name: str, *, partitions: int | None = None, compacted: bool = False) 
     )
 
 
+#: One record per alert, key = fingerprint, partition by group labels (see ingest).
 ALERTS = _spec("alerts")
-#: One alert for one receiver, key = group id (a receiver's group lives on one partition).
-ROUTED = _spec("routed")
-#: A flushed group of alerts for one receiver, key = group id.
+#: A flushed group of alerts for one receiver, key = group id, on the partition number of
+#: its alerts (so both topics need the same partition count).
 GROUPS = _spec("groups")
 #: Rendered notifications per channel, key = notification id; and what failed, per channel.
 NOTIFY = {c: _spec(f"notify-{c}") for c in CHANNELS}
@@ -84,9 +84,6 @@ def raw_topic(spec: TopicSpec) -> Any:
     )
 
 
-#: One record per alert, key = fingerprint (so one alert's updates stay in order).
-alerts_topic = raw_topic(ALERTS)
-routed_topic = raw_topic(ROUTED)
 groups_topic = raw_topic(GROUPS)
 notify_topics = {c: raw_topic(spec) for c, spec in NOTIFY.items()}
 dlq_topics = {c: raw_topic(spec) for c, spec in DLQ.items()}
@@ -98,33 +95,36 @@ _partitioner = DefaultPartitioner()
 
 
 async def send_batched(
-    topic: str, records: Sequence[tuple[bytes, bytes, int]]
+    topic: str,
+    records: Sequence[tuple[bytes, bytes, int]],
+    partition: Callable[[int, int], int] | None = None,
 ) -> list[asyncio.Future[Any]]:
     """Queue ``(key, value, timestamp_ms)`` records as one record batch per partition (split
     where a batch is full) and return the batches' acknowledgement futures.
 
-    Partitions are chosen as ``Topic.send`` chooses them (the default partitioner over the
-    key), so a key stays on its partition; but a request of many records costs a few batches
-    instead of one Faust message, aiokafka message and future per record.
+    ``partition(i, count)`` chooses the partition of record ``i``; by default it is chosen as
+    ``Topic.send`` chooses it (the default partitioner over the key). Many records cost a few
+    batches instead of one Faust message, aiokafka message and future per record.
     """
     faust_producer: Any = app.producer
     producer = faust_producer._ensure_producer()
     partitions = sorted(await producer.partitions_for(topic))
     by_partition: dict[int, list[tuple[bytes, bytes, int]]] = {}
-    for record in records:
-        partition = _partitioner(record[0], partitions, partitions)
-        by_partition.setdefault(partition, []).append(record)
+    for i, record in enumerate(records):
+        chosen = (_partitioner(record[0], partitions, partitions) if partition is None
+                  else partition(i, len(partitions)))
+        by_partition.setdefault(chosen, []).append(record)
     futures = []
-    for partition, batch_records in by_partition.items():
+    for number, batch_records in by_partition.items():
         batch = producer.create_batch()
         for key, value, timestamp in batch_records:
             if batch.append(key=key, value=value, timestamp=timestamp) is None:
                 batch.close()
-                futures.append(await producer.send_batch(batch, topic, partition=partition))
+                futures.append(await producer.send_batch(batch, topic, partition=number))
                 batch = producer.create_batch()
                 batch.append(key=key, value=value, timestamp=timestamp)
         batch.close()
-        futures.append(await producer.send_batch(batch, topic, partition=partition))
+        futures.append(await producer.send_batch(batch, topic, partition=number))
     return futures
 
 
@@ -229,5 +229,5 @@ class TopicGuard:
 
 
 guard = TopicGuard(
-    (ALERTS, CONFIG, ROUTED, GROUPS, *NOTIFY.values(), *DLQ.values(), *RETRY.values(), SENT)
+    (ALERTS, CONFIG, GROUPS, *NOTIFY.values(), *DLQ.values(), *RETRY.values(), SENT)
 )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from nmstream.routing.agents import go_duration
+from nmstream.routing.batching import go_duration
 from nmstream.routing.dedup import Dedup
 
 

@@ -36,7 +36,7 @@ from nmstream.render.models import DeadLetter
 from nmstream.settings import Settings
 
 #: Topics a replay or a tap may read (``dlq-<channel>`` and the other per-channel ones too).
-TOPICS = ("alerts", "routed", "groups", "sent", "config",
+TOPICS = ("alerts", "groups", "sent", "config",
           *(f"{kind}-{c}" for kind in ("notify", "retry", "dlq") for c in CHANNELS))
 #: How long a replay waits for a partition's next fetch before it gives up on the broker.
 STALL_TIMEOUT = 30.0
@@ -222,9 +222,10 @@ def _fresh_id(old: str) -> str:
 
 
 def reinjection(settings: Settings, topic: str, entry: Entry,
-                now: datetime) -> tuple[str, bytes, bytes] | None:
-    """Where and what to send so the pipeline handles ``entry`` again: ``(topic, key, value)``
-    with fresh ids, or None for a record that is not an alert or a dead letter."""
+                now: datetime) -> tuple[str, bytes, bytes, int | None] | None:
+    """Where and what to send so the pipeline handles ``entry`` again: ``(topic, key, value,
+    partition)`` with fresh ids, or None for a record that is not an alert or a dead letter.
+    An alert goes back to its own partition (ingest chose it by the alert's group labels)."""
     if entry.value is None:
         return None
     try:
@@ -232,7 +233,7 @@ def reinjection(settings: Settings, topic: str, entry: Entry,
             alert = AlertRecord.model_validate_json(entry.value)
             again = alert.model_copy(update={"request_id": uuid.uuid4().hex, "received_at": now})
             return (settings.topic("alerts"), alert.fingerprint.encode(),
-                    again.model_dump_json(by_alias=True).encode())
+                    again.model_dump_json(by_alias=True).encode(), entry.partition)
         letter = DeadLetter.model_validate_json(entry.value)
     except ValidationError:
         return None
@@ -240,10 +241,10 @@ def reinjection(settings: Settings, topic: str, entry: Entry,
         n = letter.notification
         fresh = n.model_copy(update={"id": _fresh_id(n.id), "attempt": 0, "failures": [],
                                      "not_before": None, "created_at": now})
-        return settings.topic(f"notify-{n.channel}"), fresh.id.encode(), fresh.to_bytes()
+        return settings.topic(f"notify-{n.channel}"), fresh.id.encode(), fresh.to_bytes(), None
     if letter.stage == "render" and letter.group is not None:
         group = letter.group.model_copy(update={"flushed_at": now})
-        return settings.topic("groups"), group.group_id.encode(), group.to_bytes()
+        return settings.topic("groups"), group.group_id.encode(), group.to_bytes(), None
     return None
 
 
@@ -255,8 +256,8 @@ def _reinject(settings: Settings, topic: str, entries: list[Entry]) -> int:
     producer = KafkaProducer(bootstrap_servers=settings.bootstrap_servers, acks="all",
                              client_id="nmstream-replay")
     try:
-        for target, key, value in sends:
-            producer.send(target, key=key, value=value)
+        for target, key, value, partition in sends:
+            producer.send(target, key=key, value=value, partition=partition)
         producer.flush(timeout=60)
     finally:
         producer.close()

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, Literal
 
 from pydantic import BaseModel
@@ -54,6 +55,24 @@ class Snapshot:
     secrets: Mapping[str, frozenset[str]] | None = None
     #: Namespace of a secret reference that names none.
     secret_namespace: str = "kubesphere-monitoring-system"
+
+    @cached_property
+    def candidates(self) -> tuple[tuple[Any, Scope, str | None], ...]:
+        """Receivers that can be routed to, by kind and name, with their scope and tenant."""
+        ordered = sorted(self.receivers, key=lambda r: (r.kind, r.metadata.name))
+        scoped = ((r, *receiver_scope(r, self.tenancy)) for r in ordered)
+        return tuple((r, scope, tenant) for r, scope, tenant in scoped if scope != "none")
+
+    @cached_property
+    def _usable(self) -> dict[tuple[int, str | None], tuple[Any, str]]:
+        return {}
+
+    def usable(self, receiver: Any, tenant: str | None) -> tuple[Any, str]:
+        """:func:`usable_config`, worked out once per receiver and tenant of this snapshot."""
+        key = (id(receiver), tenant)
+        if (found := self._usable.get(key)) is None:
+            found = self._usable[key] = usable_config(receiver, tenant, self)
+        return found
 
 
 @dataclass(frozen=True)
@@ -186,14 +205,13 @@ def select(labels: Mapping[str, str], snapshot: Snapshot) -> Selection:
     tenants = tenants_of(labels, tenancy, snapshot.role_bindings)
     selected: list[Selected] = []
     skipped: list[Skipped] = []
-    for receiver in sorted(snapshot.receivers, key=lambda r: (r.kind, r.metadata.name)):
-        scope, tenant = receiver_scope(receiver, tenancy)
-        if scope == "none" or (scope == "tenant" and tenant not in tenants):
+    for receiver, scope, tenant in snapshot.candidates:
+        if scope == "tenant" and tenant not in tenants:
             continue
         alert_selector = receiver.spec.alert_selector
         if alert_selector is not None and not alert_selector.matches(labels):
             continue
-        config, reason = usable_config(receiver, tenant, snapshot)
+        config, reason = snapshot.usable(receiver, tenant)
         if config is None:
             skipped.append(Skipped(receiver, reason))
         else:

@@ -14,6 +14,7 @@ from pydantic import ValidationError
 
 from nmstream.app import app, settings
 from nmstream.ingest.models import (
+    Alert,
     GroupContext,
     PostableAlerts,
     WebhookPayload,
@@ -21,6 +22,7 @@ from nmstream.ingest.models import (
     utcnow,
 )
 from nmstream.metrics import ALERTS_INGESTED, INGEST_REQUESTS, PRODUCE_SECONDS
+from nmstream.routing.batching import batching, group_partition
 from nmstream.topics import ALERTS, guard, send_batched
 
 log = logging.getLogger(__name__)
@@ -74,8 +76,10 @@ def parse(body: bytes) -> tuple[GroupContext, list[Any]]:
     return payload.context(), list(payload.alerts)
 
 
-async def produce(records: list[tuple[bytes, bytes]], timestamp_ms: int) -> None:
-    """Send every ``(key, value)`` record and wait until Kafka acknowledged them all, or time out.
+async def produce(records: list[tuple[bytes, bytes]], alerts: list[Alert],
+                  timestamp_ms: int) -> None:
+    """Send every ``(key, value)`` record, each to the partition of its alert's group labels,
+    and wait until Kafka acknowledged them all, or time out.
 
     The topics are verified first whenever Kafka failed before (see :class:`TopicGuard`).
     The acknowledgement futures are never cancelled (aiokafka resolves them later even after
@@ -86,8 +90,10 @@ async def produce(records: list[tuple[bytes, bytes]], timestamp_ms: int) -> None
     async with asyncio.timeout_at(deadline):
         if not guard.ready.is_set():
             await guard.ensure()
+        grouping = batching()
         futures = await send_batched(
-            ALERTS.name, [(key, value, timestamp_ms) for key, value in records]
+            ALERTS.name, [(key, value, timestamp_ms) for key, value in records],
+            partition=lambda i, count: group_partition(alerts[i].labels, grouping, count),
         )
     done, pending = await asyncio.wait(futures, timeout=max(deadline - loop.time(), 0))
     if pending:
@@ -113,7 +119,7 @@ class IngestAlerts(View):
         records = encode_records(alerts, group, request_id, now)
         started = time.perf_counter()
         try:
-            await produce(records, int(now.timestamp() * 1000))
+            await produce(records, alerts, int(now.timestamp() * 1000))
         except Exception as exc:  # timeout or any Kafka error: the sender must retry
             guard.suspect()
             INGEST_REQUESTS.labels(outcome="unavailable").inc()

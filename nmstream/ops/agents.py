@@ -9,7 +9,8 @@ import mode
 
 from nmstream.app import app, settings
 from nmstream.metrics import CONSUMER_LAG
-from nmstream.topics import guard
+from nmstream.routing.agents import router
+from nmstream.topics import ALERTS, guard
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +56,7 @@ async def measure_lag() -> None:
     except Exception as exc:  # a rebalance under way: measure next time
         log.debug("consumer lag not measured: %s", exc)
         return
+    lag[ALERTS.name] += router.lag()
     CONSUMER_LAG_TOPICS.update(lag)
     for topic, value in lag.items():
         CONSUMER_LAG.labels(topic=topic).set(value)

@@ -1,35 +1,42 @@
-"""Route and group.
+"""Route and group: ``nmstream-alerts`` → ``nmstream-groups``, in one stage.
 
-``route``: each alert of ``nmstream-alerts`` → one record per receiver that gets it on
-``nmstream-routed``, keyed by the receiver's group id so that a group lives on one partition.
+Ingest writes every alert to the partition of its group labels (:func:`group_partition`), so
+each group of every receiver lives on one partition of ``nmstream-alerts``. The router reads
+that topic in batches with its own consumer group (``<app id>-route``) and, per alert:
 
-``group``: drops repeats within ``dedupWindow`` (see :mod:`nmstream.routing.dedup`), collects
-a receiver's alerts by the NotificationManager's ``groupLabels`` and
-flushes a group to ``nmstream-groups`` when it reaches ``batchMaxSize`` or ``batchMaxWait``
-after its first alert. Its events are acknowledged only once the group is in Kafka, so the
-committed offset never passes a pending alert: after a crash or a rebalance the worker that
-owns the partition reads the pending alerts again and rebuilds the group. No table state is
-needed (and none can be lost).
+- routes it: the receivers that get it (tenant, receiver selectors, alertSelector); an alert
+  no receiver takes is a ``filtered`` outcome on ``nmstream-sent``;
+- drops a repeat within ``dedupWindow`` (see :mod:`nmstream.routing.dedup`): a
+  ``deduplicated`` outcome;
+- adds it to its receiver's group (by the NotificationManager's ``groupLabels``), which is
+  written to ``nmstream-groups`` when it holds ``batchMaxSize`` alerts or ``batchMaxWait``
+  after its oldest alert was received.
+
+Offsets are committed by the router itself, never past an alert whose group is not yet in
+Kafka: after a crash or a rebalance the owner of the partition reads the pending alerts again
+and rebuilds their groups. No table state is needed (and none can be lost).
+
+It is an aiokafka consumer rather than a Faust agent because it handles a fetched batch at a
+time and acknowledges by group flush: a per-record stream cost more than all the routing.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
-import re
 import time
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Any
 
-from faust.types import TP
+import mode
+from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+from aiokafka.abc import ConsumerRebalanceListener
 
 from nmstream.app import app, settings
 from nmstream.audit.history import record_outcome
 from nmstream.config.agents import state
-from nmstream.config.models import NotificationManager
 from nmstream.config.selection import Selected, Skipped, channel_of, select
 from nmstream.ingest.models import Alert, AlertRecord, utcnow
 from nmstream.metrics import (
@@ -39,65 +46,21 @@ from nmstream.metrics import (
     GROUPS_FLUSHED,
 )
 from nmstream.render.models import SentRecord
+from nmstream.routing.batching import Batching, batching
 from nmstream.routing.dedup import Dedup
-from nmstream.routing.models import AlertGroup, ReceiverRef, RoutedAlert, decode, group_id
-from nmstream.topics import GROUPS, ROUTED, alerts_topic, groups_topic, routed_topic, send_batched
+from nmstream.routing.models import AlertGroup, ReceiverRef, decode, group_id
+from nmstream.topics import ALERTS, GROUPS, send_batched
 
 log = logging.getLogger(__name__)
 
-DEFAULT_GROUP_LABELS = ("alertname", "namespace")
-DEFAULT_BATCH_MAX_SIZE = 100
 FLUSH_TICK = 0.05
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|us|µs|ns|h|m|s)")
-_UNIT_SECONDS = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 1e-3, "us": 1e-6, "µs": 1e-6, "ns": 1e-9}
+#: Records taken from Kafka at a time.
+FETCH_RECORDS = 1000
 _TARGET_EXCLUDED = ("alertSelector", "template", "subjectTemplate")
 
 
-def go_duration(text: str) -> float:
-    """Seconds of a Go duration such as ``1s``, ``500ms`` or ``1m30s``."""
-    parts = _DURATION.findall(text)
-    if not parts or "".join(n + u for n, u in parts) != text.strip():
-        raise ValueError(f"invalid duration {text!r}")
-    return sum(float(n) * _UNIT_SECONDS[u] for n, u in parts)
-
-
-def _seconds(value: str | None, name: str, default: float) -> float:
-    if not value:
-        return default
-    try:
-        return go_duration(value)
-    except ValueError as exc:
-        log.warning("NotificationManager %s: %s; using %ss", name, exc, default)
-        return default
-
-
-@dataclass(frozen=True)
-class Batching:
-    """How a NotificationManager groups and deduplicates: labels, size, wait, window."""
-
-    labels: tuple[str, ...]
-    max_size: int
-    max_wait: float
-    dedup_window: float
-
-    @classmethod
-    def of(cls, manager: NotificationManager | None) -> Batching:
-        """The manager's settings, nmstream's defaults where it sets none (or sets garbage)."""
-        spec = manager.spec if manager is not None else None
-        labels = spec.group_labels if spec and spec.group_labels else DEFAULT_GROUP_LABELS
-        size = spec.batch_max_size if spec and spec.batch_max_size else DEFAULT_BATCH_MAX_SIZE
-        return cls(
-            labels=tuple(labels),
-            max_size=size,
-            max_wait=_seconds(spec.batch_max_wait if spec else None, "batchMaxWait",
-                              settings.batch_max_wait),
-            dedup_window=_seconds(spec.dedup_window if spec else None, "dedupWindow",
-                                  settings.dedup_window),
-        )
-
-
 def receiver_ref(selected: Selected) -> ReceiverRef:
-    """The receiver as routed records carry it: identity, config by name, targets."""
+    """The receiver as groups carry it: identity, config by name, targets."""
     spec = selected.receiver.spec.model_dump(by_alias=True, exclude_none=True)
     targets = {
         k: v for k, v in spec.items()
@@ -114,247 +77,313 @@ def receiver_ref(selected: Selected) -> ReceiverRef:
     )
 
 
-#: The route agent takes alerts in batches of up to this many, waiting at most this long.
-ROUTE_BATCH = 500
-ROUTE_BATCH_WAIT = 0.005
-_batching: tuple[int, Batching] | None = None
-_refs: tuple[int, dict[tuple[int, int, str | None], tuple[ReceiverRef, bytes]]] | None = None
+_refs: tuple[int, dict[tuple[int, int, str | None], ReceiverRef]] | None = None
 
 
-def batching() -> Batching:
-    """The NotificationManager's batching, recomputed only when the view changed."""
-    global _batching
-    version = state.view.version
-    if _batching is None or _batching[0] != version:
-        _batching = (version, Batching.of(state.view.manager()))
-    return _batching[1]
-
-
-def cached_ref(selected: Selected) -> tuple[ReceiverRef, bytes]:
-    """:func:`receiver_ref` and its JSON, built once per receiver and view version (the
-    snapshot holding the receiver and config objects lives as long as that version)."""
+def cached_ref(selected: Selected) -> ReceiverRef:
+    """:func:`receiver_ref`, built once per receiver and view version (the snapshot holding
+    the receiver and config objects lives as long as that version)."""
     global _refs
     version = state.view.version
     if _refs is None or _refs[0] != version:
         _refs = (version, {})
     key = (id(selected.receiver), id(selected.config), selected.tenant)
-    if (hit := _refs[1].get(key)) is None:
-        ref = receiver_ref(selected)
-        hit = _refs[1][key] = (ref, ref.to_bytes())
-    return hit
+    if (ref := _refs[1].get(key)) is None:
+        ref = _refs[1][key] = receiver_ref(selected)
+    return ref
 
 
-def routed_value(gid: str, labels: dict[str, str], ref: bytes, record: bytes) -> bytes:
-    """A :class:`RoutedAlert` as JSON, spliced from the receiver's and the alert record's own
-    JSON (the record as read from ``nmstream-alerts``, validated) instead of re-serialised."""
-    return b"".join((
-        b'{"schema_version":1,"group_id":', json.dumps(gid).encode(),
-        b',"group_labels":', json.dumps(labels, ensure_ascii=False).encode(),
-        b',"receiver":', ref, b',"record":', record,
-        b',"routed_at":', json.dumps(utcnow().isoformat().replace("+00:00", "Z")).encode(), b"}",
-    ))
+@dataclass
+class Pending:
+    """A group being collected: its alerts, and the lowest offset of them per partition."""
+
+    group_id: str
+    receiver: ReceiverRef
+    group_labels: dict[str, str]
+    partition: int
+    record: AlertRecord
+    due: float
+    alerts: dict[str, Alert] = field(default_factory=dict)
+    offsets: dict[int, int] = field(default_factory=dict)
+
+    def add(self, record: AlertRecord, partition: int, offset: int, max_wait: float) -> None:
+        """Take one alert (the newest status of a fingerprint wins); the group is due
+        ``max_wait`` after its oldest alert was received."""
+        self.alerts[record.fingerprint] = record.alert
+        self.offsets.setdefault(partition, offset)
+        if record.received_at < self.record.received_at:
+            self.record = record
+            self.due = record.received_at.timestamp() + max_wait
+
+    def merge(self, newer: Pending) -> None:
+        """Take what arrived for the same group while this one was being written."""
+        self.alerts.update(newer.alerts)
+        for partition, offset in newer.offsets.items():
+            self.offsets[partition] = min(self.offsets.get(partition, offset), offset)
+        if newer.record.received_at < self.record.received_at:
+            self.record, self.due = newer.record, newer.due
+
+    def to_group(self) -> AlertGroup:
+        """The record written to ``nmstream-groups``."""
+        return AlertGroup(
+            group_id=self.group_id,
+            group_labels=self.group_labels,
+            receiver=self.receiver,
+            alerts=list(self.alerts.values()),
+            source_receiver=self.record.group.receiver,
+            external_url=self.record.group.external_url,
+            received_at=self.record.received_at,
+            flushed_at=utcnow(),
+        )
 
 
-async def publish(records: list[tuple[bytes, bytes, int]]) -> None:
-    """Write routed records and wait for Kafka's acks; retry until Kafka takes them (the
-    alerts' offsets are committed only after this returns)."""
-    while True:
-        try:
-            await asyncio.gather(*await send_batched(ROUTED.name, records))
-            return
-        except Exception as exc:
-            log.warning("cannot write %d routed alerts (%s); retrying", len(records), exc)
-            await asyncio.sleep(1.0)
+class Router:
+    """The route-and-group stage of one worker: its consumer, pending groups, dedup state."""
 
+    def __init__(self) -> None:
+        self.consumer: AIOKafkaConsumer | None = None
+        self.pending: dict[str, Pending] = {}
+        #: Groups being written: their alerts are not committed until Kafka has them.
+        self.writing: list[Pending] = []
+        self.dedup = Dedup()
+        #: Per partition owned, the offset after the last alert handled.
+        self.consumed: dict[int, int] = {}
+        self.committed: dict[int, int] = {}
 
-@app.agent(alerts_topic)
-async def route(stream: Any) -> None:
-    """Alert → one routed record per receiver that gets it, a batch of alerts at a time."""
-    await state.reader.synced.wait()
-    async for values in stream.take(ROUTE_BATCH, within=ROUTE_BATCH_WAIT):
+    async def run(self) -> None:
+        """Consume ``nmstream-alerts`` once the receivers view is in sync, until cancelled."""
+        await state.reader.synced.wait()
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=settings.bootstrap_servers,
+            group_id=f"{settings.app_id}-route",
+            client_id=f"{settings.app_id}-route",
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            fetch_max_wait_ms=int(settings.fetch_max_wait * 1000),
+            session_timeout_ms=int(settings.session_timeout * 1000),
+            heartbeat_interval_ms=int(settings.heartbeat_interval * 1000),
+            rebalance_timeout_ms=int(settings.rebalance_timeout * 1000),
+        )
+        consumer.subscribe([ALERTS.name], listener=_Rebalance(self))
+        await consumer.start()
+        self.consumer = consumer
+        while True:
+            try:
+                batches = await consumer.getmany(timeout_ms=1000, max_records=FETCH_RECORDS)
+                await self.handle(consumer.assignment(), batches)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # Kafka trouble: the consumer reconnects by itself
+                log.warning("routing: %s; retrying in 1s", exc)
+                await asyncio.sleep(1.0)
+
+    async def handle(self, owned: Iterable[TopicPartition],
+                     batches: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]) -> None:
+        """Route, deduplicate and group a fetched batch; write the groups it filled."""
         snapshot, grouping = state.view.snapshot(), batching()
-        now_ms = int(time.time() * 1000)
-        out: list[tuple[bytes, bytes, int]] = []
-        for value in values:
-            record = decode(AlertRecord, value, alerts_topic)
-            if record is None:
+        outcomes: list[SentRecord] = []
+        full: list[Pending] = []
+        routed: Counter[str] = Counter()
+        owned = set(owned)
+        for tp, records in batches.items():
+            if not records or tp not in owned:  # revoked while the batch was on its way
                 continue
-            selection = select(record.alert.labels, snapshot)
-            if not selection.selected:
-                await unrouted(record, selection.skipped)
+            for r in records:
+                record = decode(AlertRecord, r.value, ALERTS.name) if r.value else None
+                if record is not None:
+                    self.take(record, tp.partition, r.offset, snapshot, grouping, outcomes,
+                              full, routed)
+            self.consumed[tp.partition] = records[-1].offset + 1
+        for channel, count in routed.items():
+            ALERTS_ROUTED.labels(channel=channel).inc(count)
+        for outcome in outcomes:
+            await record_outcome(outcome)
+        if full:
+            await self.write(full)
+
+    def take(self, record: AlertRecord, partition: int, offset: int, snapshot: Any,
+             grouping: Batching, outcomes: list[SentRecord], full: list[Pending],
+             routed: Counter[str]) -> None:
+        """One alert: to each receiver's group, or an outcome saying why it goes nowhere."""
+        alert = record.alert
+        selection = select(alert.labels, snapshot)
+        if not selection.selected:
+            outcomes.append(unrouted(record, selection.skipped))
+            return
+        labels = grouping.group_labels(alert.labels)
+        status = alert.status or "firing"
+        for selected in selection.selected:
+            ref = cached_ref(selected)
+            if not self.dedup.admit(partition, ref.key, record.fingerprint, status,
+                                    (partition, offset), grouping.dedup_window):
+                ALERTS_DEDUPLICATED.inc()
+                outcomes.append(SentRecord(
+                    notification_id=None, status="deduplicated", channel=ref.channel,
+                    receiver=ref, tenant=ref.tenant, fingerprints=[record.fingerprint],
+                    error=f"{status} again within dedupWindow {grouping.dedup_window:g}s",
+                    received_at=record.received_at, at=utcnow(),
+                ))
                 continue
-            labels = {k: record.alert.labels[k] for k in grouping.labels
-                      if k in record.alert.labels}
-            for selected in selection.selected:
-                ref, ref_json = cached_ref(selected)
-                gid = group_id(ref, labels)
-                out.append((gid.encode(), routed_value(gid, labels, ref_json, value), now_ms))
-                ALERTS_ROUTED.labels(channel=ref.channel).inc()
-        if out:
-            await publish(out)
+            routed[ref.channel] += 1
+            gid = group_id(ref, labels)
+            group = self.pending.get(gid)
+            if group is None:
+                group = self.pending[gid] = Pending(
+                    gid, ref, labels, partition, record,
+                    record.received_at.timestamp() + grouping.max_wait,
+                )
+            group.add(record, partition, offset, grouping.max_wait)
+            if len(group.alerts) >= grouping.max_size:
+                full.append(self.pending.pop(gid))
+
+    async def flush_due(self) -> None:
+        """Write every group whose oldest alert was received ``batchMaxWait`` ago."""
+        now = time.time()
+        due = [gid for gid, group in self.pending.items() if group.due <= now]
+        if due:
+            await self.write([self.pending.pop(gid) for gid in due])
+
+    async def write(self, groups: list[Pending]) -> None:
+        """Write groups to ``nmstream-groups`` (to the partition of their alerts, where the
+        dedup state is rebuilt from) and wait for Kafka; groups Kafka did not take go back to
+        pending, merged with what arrived for them meanwhile, for the next tick."""
+        self.writing.extend(groups)
+        try:
+            values = [g.to_group().to_bytes() for g in groups]
+            now_ms = int(time.time() * 1000)
+            futures = await send_batched(
+                GROUPS.name, [(g.group_id.encode(), v, now_ms) for g, v in zip(groups, values,
+                                                                                strict=True)],
+                partition=lambda i, n: groups[i].partition % n,
+            )
+            await asyncio.gather(*futures)
+        except Exception as exc:  # Kafka failed: keep the groups, retry on the next tick
+            log.warning("cannot write %d groups (%s); retrying", len(groups), exc)
+            for group in groups:
+                newer = self.pending.get(group.group_id)
+                if newer is not None:
+                    group.merge(newer)
+                self.pending[group.group_id] = group
+        else:
+            GROUPS_FLUSHED.inc(len(groups))
+        finally:
+            for group in groups:
+                self.writing.remove(group)
+
+    def safe_offsets(self) -> dict[int, int]:
+        """Per partition owned, the offset to commit: below every alert not yet in a group
+        Kafka has, else after the last alert handled."""
+        safe = dict(self.consumed)
+        for group in (*self.pending.values(), *self.writing):
+            for partition, offset in group.offsets.items():
+                if partition in safe and offset < safe[partition]:
+                    safe[partition] = offset
+        return safe
+
+    async def commit(self) -> None:
+        """Commit what is safe (the outcomes written for those alerts first)."""
+        consumer = self.consumer
+        offsets = {p: o for p, o in self.safe_offsets().items() if self.committed.get(p) != o}
+        if consumer is None or not offsets:
+            return
+        try:
+            await app.producer.flush()
+            await consumer.commit({TopicPartition(ALERTS.name, p): o for p, o in offsets.items()})
+        except Exception as exc:  # Kafka trouble or a rebalance: committed later, or the
+            log.warning("cannot commit alerts offsets (%s)", exc)  # new owner reads them again
+            return
+        self.committed.update(offsets)
+
+    def lag(self) -> int:
+        """Alerts in Kafka this worker has not fetched yet, over its partitions."""
+        consumer, total = self.consumer, 0
+        if consumer is None:
+            return 0
+        for tp in consumer.assignment():
+            highwater, position = consumer.highwater(tp), self.consumed.get(tp.partition)
+            if highwater is not None and position is not None:
+                total += max(highwater - position, 0)
+        return total
+
+    async def revoked(self, partitions: set[int]) -> None:
+        """Commit what is safe, then forget the groups and dedup state of lost partitions:
+        the new owner reads their pending alerts again."""
+        await self.commit()
+        for gid in [g for g, p in self.pending.items() if p.partition in partitions]:
+            del self.pending[gid]
+        self.dedup.forget(partitions)
+        for partition in partitions:
+            self.consumed.pop(partition, None)
+            self.committed.pop(partition, None)
+
+    async def assigned(self, partitions: set[int]) -> None:
+        """Load what was sent within the window for the partitions this worker now owns."""
+        try:
+            await self.dedup.rebuild(GROUPS.name, partitions, batching().dedup_window)
+        except Exception as exc:  # Kafka trouble: start empty (a repeat may be sent, none lost)
+            log.warning("cannot rebuild dedup state (%s); starting empty", exc)
+
+    async def stop(self) -> None:
+        """Commit what is safe and leave the group."""
+        consumer = self.consumer
+        if consumer is None:
+            return
+        try:
+            await self.commit()
+        finally:
+            self.consumer = None
+            await consumer.stop()
 
 
-async def unrouted(record: AlertRecord, skipped: Sequence[Skipped]) -> None:
+class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, router: Router) -> None:
+        self.router = router
+
+    async def on_partitions_revoked(self, revoked: Sequence[TopicPartition]) -> None:
+        await self.router.revoked({tp.partition for tp in revoked})
+
+    async def on_partitions_assigned(self, assigned: Sequence[TopicPartition]) -> None:
+        await self.router.assigned({tp.partition for tp in assigned})
+
+
+def unrouted(record: AlertRecord, skipped: Sequence[Skipped]) -> SentRecord:
     """An alert no receiver takes: counted, and a ``filtered`` outcome with the reasons."""
     ALERTS_UNROUTED.inc()
     for skip in skipped:
         log.debug("alert %s: receiver %s skipped: %s", record.fingerprint,
                   skip.receiver.metadata.name, skip.reason)
     reasons = sorted({s.reason for s in skipped})
-    await record_outcome(SentRecord(
+    return SentRecord(
         notification_id=None, status="filtered", channel=None, receiver=None,
         tenant=None, fingerprints=[record.fingerprint],
         error="; ".join(reasons) or "no receiver matches",
         received_at=record.received_at, at=utcnow(),
-    ))
+    )
 
 
-@dataclass
-class Pending:
-    """A group being collected, with the events to acknowledge once it is flushed."""
-
-    first: RoutedAlert
-    tp: TP
-    started: float
-    alerts: dict[str, Alert] = field(default_factory=dict)
-    events: list[Any] = field(default_factory=list)
-    received_at: datetime | None = None
-
-    def add(self, routed: RoutedAlert, event: Any) -> None:
-        """Take one routed alert (the newest status of a fingerprint wins)."""
-        self.alerts[routed.record.fingerprint] = routed.record.alert
-        self.events.append(event)
-        received = routed.record.received_at
-        if self.received_at is None or received < self.received_at:
-            self.received_at = received
-
-    def to_group(self) -> AlertGroup:
-        """The record written to ``nmstream-groups``."""
-        return AlertGroup(
-            group_id=self.first.group_id,
-            group_labels=self.first.group_labels,
-            receiver=self.first.receiver,
-            alerts=list(self.alerts.values()),
-            source_receiver=self.first.record.group.receiver,
-            external_url=self.first.record.group.external_url,
-            received_at=self.received_at,
-            flushed_at=utcnow(),
-        )
+router = Router()
 
 
-pending: dict[str, Pending] = {}
-dedup = Dedup()
-#: Cleared while partitions move: no alert is admitted before the dedup state is rebuilt.
-dedup_ready = asyncio.Event()
+@app.service
+class RouterService(mode.Service):
+    """Runs :data:`router`: consumption, flushes on time, commits."""
 
+    @mode.Service.task
+    async def _consume(self) -> None:
+        await router.run()
 
-async def flush(*gids: str) -> None:
-    """Write pending groups to Kafka (all sent, then all acks awaited), then acknowledge
-    their events; a group Kafka did not take stays pending for the next tick."""
-    groups = [(gid, group) for gid in gids if (group := pending.pop(gid, None)) is not None]
-    sends = []
-    for gid, group in groups:
-        try:
-            sends.append(await groups_topic.send(key=gid.encode(),
-                                                 value=group.to_group().to_bytes()))
-        except Exception as exc:
-            sends.append(exc)
-    for (gid, group), sent in zip(groups, sends, strict=True):
-        try:
-            if isinstance(sent, Exception):
-                raise sent
-            await sent
-        except Exception as exc:  # Kafka failed: keep the group, retry on the next tick
-            log.warning("cannot flush group %s (%s); retrying", gid, exc)
-            _keep(gid, group)
-            continue
-        for event in group.events:
-            event.ack()
-        GROUPS_FLUSHED.inc()
+    @mode.Service.task
+    async def _flush(self) -> None:
+        while not self.should_stop:
+            await self.sleep(FLUSH_TICK)
+            await router.flush_due()
 
+    @mode.Service.task
+    async def _commit(self) -> None:
+        while not self.should_stop:
+            await self.sleep(settings.commit_interval)
+            await router.commit()
 
-def _keep(gid: str, group: Pending) -> None:
-    """Put an unflushed group back, merged with what arrived for it meanwhile."""
-    newer = pending.get(gid)
-    if newer is not None:
-        group.alerts.update(newer.alerts)
-        group.events.extend(newer.events)
-        if newer.received_at is not None:
-            group.received_at = min(group.received_at or newer.received_at, newer.received_at)
-    pending[gid] = group
-
-
-@app.agent(routed_topic)
-async def group(stream: Any) -> None:
-    """Collect routed alerts into groups; flush on size here, on time in :func:`flusher`."""
-    async for event in stream.noack().events():
-        await dedup_ready.wait()
-        routed = decode(RoutedAlert, event.value, routed_topic)
-        if routed is None:
-            event.ack()
-            continue
-        grouping = batching()
-        partition, offset = event.message.partition, event.message.offset
-        alert = routed.record.alert
-        if not dedup.admit(partition, routed.receiver.key, alert.fingerprint,
-                           alert.status or "firing", (partition, offset), grouping.dedup_window):
-            ALERTS_DEDUPLICATED.inc()
-            await record_outcome(SentRecord(
-                notification_id=None, status="deduplicated", channel=routed.receiver.channel,
-                receiver=routed.receiver, tenant=routed.receiver.tenant,
-                fingerprints=[alert.fingerprint], error=f"{alert.status or 'firing'} again within "
-                f"dedupWindow {grouping.dedup_window:g}s", received_at=routed.record.received_at,
-                at=utcnow(),
-            ))
-            event.ack()
-            continue
-        current = pending.get(routed.group_id)
-        if current is None:
-            current = pending[routed.group_id] = Pending(
-                routed, event.message.tp, time.monotonic()
-            )
-        current.add(routed, event)
-        if len(current.alerts) >= grouping.max_size:
-            await flush(routed.group_id)
-
-
-@app.timer(FLUSH_TICK)  # type: ignore[untyped-decorator]
-async def flusher() -> None:
-    """Flush every group whose first alert waited ``batchMaxWait``."""
-    max_wait = batching().max_wait
-    now = time.monotonic()
-    await flush(*[g for g, p in pending.items() if now - p.started >= max_wait])
-
-
-@app.timer(1.0)  # type: ignore[untyped-decorator]
-async def expire_dedup() -> None:
-    """Forget alerts sent longer than ``dedupWindow`` ago."""
-    dedup.purge(batching().dedup_window)
-
-
-def _routed_partitions(tps: set[TP]) -> set[int]:
-    return {tp.partition for tp in tps if tp.topic == ROUTED.name}
-
-
-@app.on_partitions_revoked.connect
-async def drop_revoked(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
-    """Forget groups and dedup state of partitions this worker lost: the new owner rebuilds."""
-    revoked: set[TP] = args[0]
-    dedup_ready.clear()
-    for gid in [g for g, p in pending.items() if p.tp in revoked]:
-        del pending[gid]
-    dedup.forget(_routed_partitions(revoked))
-
-
-@app.on_partitions_assigned.connect
-async def rebuild_dedup(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
-    """Load what was sent within the window for the partitions this worker now owns."""
-    assigned: set[TP] = args[0]
-    partitions = _routed_partitions(assigned)
-    window = batching().dedup_window
-    try:
-        await dedup.rebuild(GROUPS.name, partitions, window)
-    except Exception as exc:  # Kafka trouble: start empty (a repeat may be sent, none lost)
-        log.warning("cannot rebuild dedup state (%s); starting empty", exc)
-    finally:
-        dedup_ready.set()
+    async def on_stop(self) -> None:
+        """Commit and leave the consumer group."""
+        await router.stop()

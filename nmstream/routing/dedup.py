@@ -1,12 +1,12 @@
 """Deduplication: the same alert (fingerprint and status) for the same receiver within
 ``dedupWindow`` is sent once — what Alertmanager HA pairs otherwise produce twice.
 
-The state is a table kept in memory per partition of ``nmstream-routed`` and expired after the
+The state is a table kept in memory per partition of ``nmstream-alerts`` and expired after the
 window. It is rebuilt when a partition is assigned from the last window of ``nmstream-groups``:
-that topic has the same key (group id) and partition count, so partition P of one holds what
-was flushed from partition P of the other. Rebuilding from the topic by timestamp avoids
-trusting the broker's end offsets (see ``../shared/notes/broker.md``). An alert that was routed
-but not yet flushed when a worker died is *not* in the rebuilt state, so its replay is accepted.
+the router writes the groups of partition P of one to partition P of the other. Rebuilding from
+the topic by timestamp avoids trusting the broker's end offsets (see
+``../shared/notes/broker.md``). An alert that was routed but not yet flushed when a worker died
+is *not* in the rebuilt state, so its replay is accepted.
 """
 
 from __future__ import annotations
@@ -23,11 +23,11 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Seen:
-    """The last status of an alert for a receiver, when, and from which routed record."""
+    """The last status of an alert for a receiver, when, and from which alert record."""
 
     status: str
     at: float
-    source: tuple[int, int] | None = None  # (partition, offset) of nmstream-routed
+    source: tuple[int, int] | None = None  # (partition, offset) of nmstream-alerts
 
 
 @dataclass

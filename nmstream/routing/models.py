@@ -1,5 +1,5 @@
-"""Records of the routing stages: ``nmstream-routed`` (one alert for one receiver) and
-``nmstream-groups`` (a flushed group of alerts for one receiver)."""
+"""Records of the routing stage: the receiver an alert goes to, and ``nmstream-groups`` (a
+flushed group of alerts for one receiver)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from nmstream.ingest.models import Alert, AlertRecord
+from nmstream.ingest.models import Alert
 
 log = logging.getLogger(__name__)
 
@@ -57,20 +57,9 @@ class ReceiverRef(Record):
 
 
 def group_id(receiver: ReceiverRef, group_labels: dict[str, str]) -> str:
-    """Stable id of one receiver's group: the partition key of the grouping stage."""
+    """Stable id of one receiver's group."""
     material = json.dumps([receiver.key, sorted(group_labels.items())]).encode()
     return hashlib.sha256(material).hexdigest()[:24]
-
-
-class RoutedAlert(Record):
-    """One alert for one receiver (``nmstream-routed``, key = group id)."""
-
-    schema_version: Literal[1] = 1
-    group_id: str
-    group_labels: dict[str, str]
-    receiver: ReceiverRef
-    record: AlertRecord
-    routed_at: datetime
 
 
 class AlertGroup(Record):
