@@ -75,7 +75,7 @@ class Settings(BaseSettings):
         2.8, gt=0, le=600, description="seconds between consumer offset commits"
     )
     fetch_max_wait: float = Field(
-        0.1, gt=0, le=30,
+        0.05, gt=0, le=30,
         description="seconds a worker's fetch may wait on the broker for records (Faust: 1.5)",
     )
     delivered_window: float = Field(

@@ -7,6 +7,8 @@ sends the group to ``nmstream-dlq-<channel>`` with the error and never stops the
 from __future__ import annotations
 
 import logging
+import time
+from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +19,7 @@ from nmstream.metrics import NOTIFICATIONS_RENDERED, RENDER_FAILURES
 from nmstream.render.engine import Renderer, TemplateError, choose
 from nmstream.render.models import DeadLetter, Notification, notification_id
 from nmstream.routing.models import AlertGroup, decode
-from nmstream.topics import dlq_topics, groups_topic, notify_topics
+from nmstream.topics import NOTIFY, dlq_topics, groups_topic, send_batched
 
 log = logging.getLogger(__name__)
 
@@ -66,25 +68,34 @@ def notifications(group: AlertGroup, receiver: Any = None) -> list[Notification]
     return out
 
 
+#: The render agent takes groups in batches of up to this many, waiting at most this long.
+RENDER_BATCH = 200
+RENDER_BATCH_WAIT = 0.005
+
+
 @app.agent(groups_topic)
 async def render(stream: Any) -> None:
-    """Group → notifications (or a dead letter when its template fails)."""
-    async for value in stream:
-        group = decode(AlertGroup, value, groups_topic)
-        if group is None:
-            continue
-        channel = group.receiver.channel
-        try:
-            rendered = notifications(group)
-        except TemplateError as exc:
-            RENDER_FAILURES.labels(channel=channel).inc()
-            log.warning("group %s for %s: %s", group.group_id, group.receiver.key, exc)
-            letter = DeadLetter(stage="render", channel=channel, error=str(exc), group=group,
-                                failed_at=utcnow())
-            await dlq_topics[channel].send(key=group.group_id.encode(), value=letter.to_bytes())
-            continue
-        for notification in rendered:
-            await notify_topics[channel].send(
-                key=notification.id.encode(), value=notification.to_bytes()
-            )
-            NOTIFICATIONS_RENDERED.labels(channel=channel).inc()
+    """Groups → notifications (or a dead letter when a group's template fails), a batch of
+    groups at a time, their notifications written as one record batch per partition."""
+    async for values in stream.take(RENDER_BATCH, within=RENDER_BATCH_WAIT):
+        now_ms = int(time.time() * 1000)
+        out: dict[str, list[tuple[bytes, bytes, int]]] = defaultdict(list)
+        for value in values:
+            group = decode(AlertGroup, value, groups_topic)
+            if group is None:
+                continue
+            channel = group.receiver.channel
+            try:
+                rendered = notifications(group)
+            except TemplateError as exc:
+                RENDER_FAILURES.labels(channel=channel).inc()
+                log.warning("group %s for %s: %s", group.group_id, group.receiver.key, exc)
+                letter = DeadLetter(stage="render", channel=channel, error=str(exc),
+                                    group=group, failed_at=utcnow())
+                await dlq_topics[channel].send(key=group.group_id.encode(),
+                                               value=letter.to_bytes())
+                continue
+            out[channel] += [(n.id.encode(), n.to_bytes(), now_ms) for n in rendered]
+        for channel, records in out.items():
+            await send_batched(NOTIFY[channel].name, records)
+            NOTIFICATIONS_RENDERED.labels(channel=channel).inc(len(records))

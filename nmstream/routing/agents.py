@@ -53,7 +53,7 @@ from nmstream.topics import ALERTS, GROUPS, send_batched
 
 log = logging.getLogger(__name__)
 
-FLUSH_TICK = 0.05
+FLUSH_TICK = 0.02
 #: Records taken from Kafka at a time.
 FETCH_RECORDS = 1000
 _TARGET_EXCLUDED = ("alertSelector", "template", "subjectTemplate")
