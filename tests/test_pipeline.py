@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from kafka.partitioner.default import murmur2
 
 from nmstream.broker import EmbeddedBroker
 from tests.helpers import EXAMPLES, Worker, make_worker, payload, read_topic, wait_usable
@@ -201,3 +202,34 @@ def test_an_ha_pair_posting_twice_gives_one_notification_even_across_a_restart(
             {"a4c6c4f7a49ca0ae": "firing"}, {"a4c6c4f7a49ca0ae": "resolved"}]
     finally:
         worker.stop()
+
+
+def test_group_labels_choose_the_partition_of_alerts_and_their_groups(
+    broker: EmbeddedBroker, tmp_path: Path, prefix: str
+) -> None:
+    directory = config_with(tmp_path, groupLabels=["severity"], batchMaxWait="1s")
+    worker = start(broker, tmp_path, prefix, directory)
+    names = [f"Disk{i}" for i in range(8)]
+    body = json.dumps({"alerts": [
+        {"labels": {"alertname": n, "namespace": "team", "severity": s}}
+        for n in names for s in ("critical", "warning")]}).encode()
+    try:
+        assert worker.post("/api/v2/alerts", body).status_code == 200
+        webhooks = notifications(broker, prefix, "webhook", 2)
+    finally:
+        worker.stop()
+    # one notification per severity, whatever the alertname
+    assert sorted(len(n["fingerprints"]) for n in webhooks) == [8, 8]
+    assert {n["group_labels"]["severity"] for n in webhooks} == {"critical", "warning"}
+    alerts = read_topic(broker, f"{prefix}-alerts", 16)
+    partition_of: dict[str, int] = {}
+    for r in alerts:
+        severity = r["value"]["alert"]["labels"]["severity"]
+        assert partition_of.setdefault(severity, r["partition"]) == r["partition"]
+        # Kafka's default partitioner (kafka-python's murmur2) over the group label values,
+        # among the 4 partitions of NMSTREAM_PARTITIONS' default
+        assert r["partition"] == (murmur2(severity.encode()) & 0x7FFFFFFF) % 4
+    by_fingerprint = {r["value"]["fingerprint"]: r["partition"] for r in alerts}
+    for group in read_topic(broker, f"{prefix}-groups", 8):
+        assert {by_fingerprint[a["fingerprint"]] for a in group["value"]["alerts"]} == {
+            group["partition"]}

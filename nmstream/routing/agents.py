@@ -93,7 +93,7 @@ def cached_ref(selected: Selected) -> ReceiverRef:
     return ref
 
 
-@dataclass
+@dataclass(eq=False)
 class Pending:
     """A group being collected: its alerts, and the lowest offset of them per partition."""
 
@@ -165,9 +165,15 @@ class Router:
             rebalance_timeout_ms=int(settings.rebalance_timeout * 1000),
         )
         consumer.subscribe([ALERTS.name], listener=_Rebalance(self))
-        await consumer.start()
-        self.consumer = consumer
         while True:
+            try:
+                await consumer.start()
+                break
+            except Exception as exc:  # Kafka away at start: keep trying, the worker stays up
+                log.warning("routing: cannot start the consumer (%s); retrying in 1s", exc)
+                await asyncio.sleep(1.0)
+        self.consumer = consumer
+        while self.consumer is consumer:
             try:
                 batches = await consumer.getmany(timeout_ms=1000, max_records=FETCH_RECORDS)
                 await self.handle(consumer.assignment(), batches)
@@ -190,9 +196,13 @@ class Router:
                 continue
             for r in records:
                 record = decode(AlertRecord, r.value, ALERTS.name) if r.value else None
-                if record is not None:
+                if record is None:
+                    continue
+                try:
                     self.take(record, tp.partition, r.offset, snapshot, grouping, outcomes,
                               full, routed)
+                except Exception:  # a bug must cost one alert, not stop the stage
+                    log.exception("routing: skipping alert %s", record.fingerprint)
             self.consumed[tp.partition] = records[-1].offset + 1
         for channel, count in routed.items():
             ALERTS_ROUTED.labels(channel=channel).inc(count)
