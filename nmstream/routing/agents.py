@@ -376,7 +376,7 @@ router = Router()
 
 @app.service
 class RouterService(mode.Service):
-    """Runs :data:`router`: consumption, flushes on time, commits."""
+    """Runs :data:`router`: consumption, flushes on time, dedup expiry, commits."""
 
     @mode.Service.task
     async def _consume(self) -> None:
@@ -387,6 +387,13 @@ class RouterService(mode.Service):
         while not self.should_stop:
             await self.sleep(FLUSH_TICK)
             await router.flush_due()
+
+    @mode.Service.task
+    async def _expire(self) -> None:
+        """Forget alerts sent longer than ``dedupWindow`` ago."""
+        while not self.should_stop:
+            await self.sleep(1.0)
+            router.dedup.purge(batching().dedup_window)
 
     @mode.Service.task
     async def _commit(self) -> None:
