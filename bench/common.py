@@ -157,6 +157,12 @@ def rss_mib(pid: int, field_name: str = "VmRSS") -> float:
     return 0.0
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used so far (its threads included)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def write_config(directory: Path, sink_url: str, batch_wait: float) -> None:
     """CRs for one global webhook receiver posting to the sink, grouping as nmstream defaults."""
     directory.mkdir(parents=True, exist_ok=True)

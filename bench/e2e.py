@@ -35,6 +35,7 @@ from common import (
     Worker,
     alertmanager_binary,
     chunks,
+    cpu_seconds,
     make_alerts,
     percentile,
     post_all,
@@ -62,6 +63,8 @@ class Figures:
     p99: float | None = None
     rss: float | None = None
     broker_rss: float | None = None
+    cpu: float | None = None
+    broker_cpu: float | None = None
     notifications: int = 0
     errors: int = 0
     missing: int = 0
@@ -120,7 +123,10 @@ def bench_nmstream(args: argparse.Namespace, workdir: Path, sink: Sink,
             url = f"{worker.base}/api/v2/alerts"
             warm_up(url, sink, args.groups, webhook=True)
             spy = profiled(worker.process.pid, args.profile, 30) if args.profile else None
+            cpu = cpu_seconds(worker.process.pid), cpu_seconds(broker.process.pid)
             result = run_load(url, sink, bodies, args.alerts, args.concurrency, args.timeout)
+            result.cpu = cpu_seconds(worker.process.pid) - cpu[0]
+            result.broker_cpu = cpu_seconds(broker.process.pid) - cpu[1]
             result.rss = rss_mib(worker.process.pid, "VmHWM")
             result.broker_rss = rss_mib(broker.process.pid, "VmHWM")
             if spy is not None:
@@ -141,8 +147,10 @@ def bench_alertmanager(args: argparse.Namespace, workdir: Path, sink: Sink,
                       args.am_group_interval)
     try:
         warm_up(am.alerts_url, sink, args.groups, webhook=False)
+        cpu = cpu_seconds(am.process.pid)
         result = run_load(am.alerts_url, sink, bodies, args.alerts, args.concurrency,
                           args.timeout)
+        result.cpu = cpu_seconds(am.process.pid) - cpu
         result.rss = rss_mib(am.process.pid, "VmHWM")
     finally:
         am.stop()
@@ -169,6 +177,8 @@ def cell(value: float | None, unit: str = "") -> str:
     """A table cell: the value, or n/a."""
     if value is None:
         return "n/a"
+    if unit == " cpu":
+        return f"{value:.2f}"
     return f"{value:.3f}{unit}" if unit == " s" else f"{value:.0f}{unit}"
 
 
@@ -189,12 +199,14 @@ def report(args: argparse.Namespace, nm: Figures, am: Figures | None, top: Figur
         ("latency post→delivery p99", "p99", " s"),
         ("peak RSS, MiB (worker | AM)", "rss", ""),
         ("peak RSS of the broker, MiB", "broker_rss", ""),
+        ("CPU s, load to last delivery (worker | AM)", "cpu", " cpu"),
+        ("CPU s of the broker", "broker_cpu", " cpu"),
     ]
-    print(f"{'':34}{'nmstream':>12}{'Alertmanager':>14}{'nm/AM':>8}{'ceiling':>10}")
+    print(f"{'':44}{'nmstream':>12}{'Alertmanager':>14}{'nm/AM':>8}{'ceiling':>10}")
     for name, attr, unit in rows:
         mine, theirs = getattr(nm, attr), getattr(am, attr) if am else None
         top_value = getattr(top, attr) if attr == "ingest" else None
-        print(f"{name:34}{cell(mine, unit):>12}{cell(theirs, unit):>14}"
+        print(f"{name:44}{cell(mine, unit):>12}{cell(theirs, unit):>14}"
               f"{ratio(mine, theirs):>8}{cell(top_value):>10}")
     print(f"nmstream/ceiling ingest: {ratio(nm.ingest, top.ingest)}")
     for name, f in (("nmstream", nm), ("Alertmanager", am)):

@@ -121,6 +121,8 @@ class AlertRecord(_Wire):
 
 
 _TIMESTAMP = TypeAdapter(datetime)
+_ALERT_JSON = Alert.__pydantic_serializer__
+_STAMPED = {"status", "fingerprint"}
 
 
 def encode_records(
@@ -136,14 +138,15 @@ def encode_records(
     encoded = []
     for alert in alerts:
         fingerprint = alert.fingerprint or label_fingerprint(alert.labels)
-        stamped = alert.model_copy(
-            update={"fingerprint": fingerprint, "status": alert.effective_status(received_at)}
-        )
+        fingerprint_json = json.dumps(fingerprint, ensure_ascii=False).encode()
+        # the alert with its status and fingerprint stamped: those are its first and last
+        # fields, so they are written around the rest instead of copying the model
+        rest = _ALERT_JSON.to_json(alert, by_alias=True, exclude=_STAMPED)
         encoded.append((fingerprint.encode(), b"".join((
-            b'{"schema_version":1,"fingerprint":',
-            json.dumps(fingerprint, ensure_ascii=False).encode(),
+            b'{"schema_version":1,"fingerprint":', fingerprint_json,
             b',"fingerprint_source":"', b"sender" if alert.fingerprint else b"computed", middle,
-            stamped.__pydantic_serializer__.to_json(stamped, by_alias=True), tail,
+            b'{"status":"', alert.effective_status(received_at).encode(), b'",', rest[1:-1],
+            b',"fingerprint":', fingerprint_json, b"}", tail,
         ))))
     return encoded
 
