@@ -9,12 +9,25 @@ readiness, metrics). The topics are in :mod:`nmstream.topics`.
 
 from __future__ import annotations
 
+from typing import Any
+
 import faust
 
 from nmstream.settings import get_settings
 from nmstream.transport import Transport
 
 settings = get_settings()
+
+
+class Worker(faust.Worker):
+    """Faust's worker without its terminal spinner. For the spinner Faust lowers the root
+    logger to DEBUG, so every debug message of every library (aiokafka logs a few per fetch
+    and send) became a log record: ~15 % of a busy worker's CPU."""
+
+    def on_setup_root_logger(self, logger: Any, level: int) -> None:
+        """Set up the root logger at the requested level, no spinner."""
+        self.spinner = None
+        super().on_setup_root_logger(logger, level)
 
 
 class App(faust.App):
@@ -28,6 +41,7 @@ app = App(
     settings.app_id,
     broker=settings.broker,
     origin="nmstream",
+    Worker=Worker,
     autodiscover=[
         "nmstream.ingest",
         "nmstream.config",
