@@ -107,7 +107,7 @@ def profiled(pid: int, output: str, seconds: float) -> subprocess.Popen[bytes] |
         print("--profile: py-spy is not installed (pip install py-spy)", file=sys.stderr)
         return None
     # --gil: only the thread holding the GIL, i.e. the Python work that costs CPU
-    return subprocess.Popen([spy, "record", "--pid", str(pid), "--format", "raw", "--rate", "200",
+    return subprocess.Popen([spy, "record", "--pid", str(pid), "--format", "raw", "--rate", "1000",
                              "--duration", str(int(seconds)), "--output", output, "--nonblocking",
                              "--gil"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
