@@ -10,9 +10,13 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.admin import NewTopic
 from kafka.partitioner.default import murmur2
+from kafka.structs import OffsetAndMetadata
 
 from nmstream.broker import EmbeddedBroker
+from nmstream.ingest.models import Alert, AlertRecord, GroupContext, utcnow
 from tests.helpers import EXAMPLES, Worker, make_worker, payload, read_topic, wait_usable
 
 MANAGER = EXAMPLES / "notification-manager.yaml"
@@ -233,3 +237,35 @@ def test_group_labels_choose_the_partition_of_alerts_and_their_groups(
     for group in read_topic(broker, f"{prefix}-groups", 8):
         assert {by_fingerprint[a["fingerprint"]] for a in group["value"]["alerts"]} == {
             group["partition"]}
+
+
+def test_an_upgraded_worker_routes_from_where_the_faust_group_left_off(
+    broker: EmbeddedBroker, tmp_path: Path, prefix: str
+) -> None:
+    """Before the router had its own consumer group, Faust's (the app id) read the alerts:
+    a router group without commits starts there, not at the alerts Kafka still retains."""
+    topic = f"{prefix}-alerts"
+    admin = KafkaAdminClient(bootstrap_servers=broker.bootstrap)
+    admin.create_topics([NewTopic(topic, 4, 1)])
+    admin.close()
+    handled = AlertRecord.build(Alert(labels={"alertname": "Handled", "namespace": "team"}),
+                                GroupContext(), "earlier", utcnow())
+    producer = KafkaProducer(bootstrap_servers=broker.bootstrap)
+    for partition in range(4):
+        producer.send(topic, key=handled.fingerprint.encode(), value=handled.to_bytes(),
+                      partition=partition).get(timeout=10)
+    producer.close()
+    faust_group = KafkaConsumer(bootstrap_servers=broker.bootstrap,
+                                group_id=f"{prefix}-app", enable_auto_commit=False)
+    faust_group.commit({TopicPartition(topic, p): OffsetAndMetadata(1, "", -1)
+                        for p in range(4)})
+    faust_group.close()
+
+    worker = start(broker, tmp_path, prefix, config_with(tmp_path, batchMaxWait="1s"))
+    try:
+        new = {"alerts": [{"labels": {"alertname": "New", "namespace": "team"}}]}
+        assert worker.post("/api/v2/alerts", json.dumps(new).encode()).status_code == 200
+        webhooks = notifications(broker, prefix, "webhook", 1)
+    finally:
+        worker.stop()
+    assert [w["group_labels"]["alertname"] for w in webhooks] == ["New"]

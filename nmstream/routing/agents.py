@@ -33,6 +33,7 @@ from typing import Any
 import mode
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
+from aiokafka.admin import AIOKafkaAdminClient
 
 from nmstream.app import app, settings
 from nmstream.audit.history import record_outcome
@@ -54,6 +55,8 @@ from nmstream.topics import ALERTS, GROUPS, send_batched
 log = logging.getLogger(__name__)
 
 FLUSH_TICK = 0.02
+#: The router's consumer group.
+ROUTE_GROUP = f"{settings.app_id}-route"
 #: Records taken from Kafka at a time.
 FETCH_RECORDS = 1000
 _TARGET_EXCLUDED = ("alertSelector", "template", "subjectTemplate")
@@ -153,10 +156,14 @@ class Router:
     async def run(self) -> None:
         """Consume ``nmstream-alerts`` once the receivers view is in sync, until cancelled."""
         await state.reader.synced.wait()
+        try:
+            await adopt_faust_offsets()
+        except Exception as exc:  # Kafka trouble: the group's own offsets, or the earliest
+            log.warning("routing: cannot read the Faust group's offsets (%s)", exc)
         consumer = AIOKafkaConsumer(
             bootstrap_servers=settings.bootstrap_servers,
-            group_id=f"{settings.app_id}-route",
-            client_id=f"{settings.app_id}-route",
+            group_id=ROUTE_GROUP,
+            client_id=ROUTE_GROUP,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             fetch_max_wait_ms=int(settings.fetch_max_wait * 1000),
@@ -343,6 +350,34 @@ class Router:
         finally:
             self.consumer = None
             await consumer.stop()
+
+
+async def adopt_faust_offsets() -> None:
+    """Before the router had its own consumer group, Faust's (the app id) read
+    ``nmstream-alerts``: while the router's group has committed nothing, it takes Faust's
+    offsets, so that an upgraded worker does not route the alerts Kafka retains once more."""
+    probe = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap_servers,
+                             group_id=ROUTE_GROUP, enable_auto_commit=False)
+    await probe.start()
+    try:
+        tps = [TopicPartition(ALERTS.name, p)
+               for p in sorted(probe.partitions_for_topic(ALERTS.name) or ())]
+        if not tps or [tp for tp in tps if await probe.committed(tp) is not None]:
+            return
+        admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers)
+        await admin.start()
+        try:
+            earlier = await admin.list_consumer_group_offsets(settings.app_id, partitions=tps)
+        finally:
+            await admin.close()
+        offsets = {tp: meta.offset for tp, meta in earlier.items() if meta.offset >= 0}
+        if offsets:
+            probe.assign(list(offsets))
+            await probe.commit(offsets)
+            log.info("routing starts where the Faust group left nmstream-alerts: %s",
+                     {tp.partition: offset for tp, offset in offsets.items()})
+    finally:
+        await probe.stop()
 
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
