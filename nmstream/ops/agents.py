@@ -65,7 +65,6 @@ async def measure_lag() -> None:
         CONSUMER_LAG.labels(topic=topic).set(value)
 
 
-
 @app.task  # type: ignore[untyped-decorator]
 async def freeze_startup_objects() -> None:
     """Exempt the objects of a started worker (modules, app, models) from garbage collection:

@@ -147,7 +147,7 @@ class Router:
         self.consumer: AIOKafkaConsumer | None = None
         self.pending: dict[str, Pending] = {}
         #: Groups being written: their alerts are not committed until Kafka has them.
-        self.writing: list[Pending] = []
+        self.writing: set[Pending] = set()
         self.dedup = Dedup()
         #: Per partition owned, the offset after the last alert handled.
         self.consumed: dict[int, int] = {}
@@ -264,7 +264,7 @@ class Router:
         """Write groups to ``nmstream-groups`` (to the partition of their alerts, where the
         dedup state is rebuilt from) and wait for Kafka; groups Kafka did not take go back to
         pending, merged with what arrived for them meanwhile, for the next tick."""
-        self.writing.extend(groups)
+        self.writing.update(groups)
         try:
             values = [g.to_group().to_bytes() for g in groups]
             now_ms = int(time.time() * 1000)
@@ -284,8 +284,7 @@ class Router:
         else:
             GROUPS_FLUSHED.inc(len(groups))
         finally:
-            for group in groups:
-                self.writing.remove(group)
+            self.writing.difference_update(groups)
 
     def safe_offsets(self) -> dict[int, int]:
         """Per partition owned, the offset to commit: below every alert not yet in a group
