@@ -361,7 +361,8 @@ async def adopt_faust_offsets() -> None:
     try:
         tps = [TopicPartition(ALERTS.name, p)
                for p in sorted(probe.partitions_for_topic(ALERTS.name) or ())]
-        if not tps or [tp for tp in tps if await probe.committed(tp) is not None]:
+        committed = [await probe.committed(tp) for tp in tps]
+        if not tps or any(offset is not None for offset in committed):
             return
         admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers)
         await admin.start()
