@@ -84,8 +84,6 @@ def raw_topic(spec: TopicSpec) -> Any:
     )
 
 
-groups_topic = raw_topic(GROUPS)
-notify_topics = {c: raw_topic(spec) for c, spec in NOTIFY.items()}
 dlq_topics = {c: raw_topic(spec) for c, spec in DLQ.items()}
 retry_topics = {c: raw_topic(spec) for c, spec in RETRY.items()}
 sent_topic = raw_topic(SENT)

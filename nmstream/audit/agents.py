@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
 
 from nmstream.app import app
 from nmstream.channels.agents import deliver
@@ -18,7 +17,8 @@ from nmstream.ingest.models import utcnow
 from nmstream.metrics import HISTORY_POSTS
 from nmstream.render.models import Notification, SentRecord
 from nmstream.routing.models import ReceiverRef, decode
-from nmstream.topics import sent_topic
+from nmstream.stage import Batches, Stage, StageService
+from nmstream.topics import SENT
 
 log = logging.getLogger(__name__)
 
@@ -40,26 +40,43 @@ def history_notification(record: SentRecord, spec: WebhookReceiverSpec) -> Notif
     )
 
 
-@app.agent(sent_topic, name="nmstream.history")
-async def history(stream: Any) -> None:
-    """Post delivered-notification records to ``history.webhook`` when it is set."""
-    async for value in stream:
-        manager = state.view.manager()
-        target = manager.spec.history if manager is not None else None
-        if target is None:
-            continue
-        record = decode(SentRecord, value, sent_topic)
-        if record is None or record.status != "delivered":
-            continue
-        notification = history_notification(record, target.webhook)
-        for attempt in range(1, HISTORY_ATTEMPTS + 1):
-            outcome = await deliver(notification)
-            if outcome.verdict == Verdict.DELIVERED:
-                HISTORY_POSTS.labels(outcome="delivered").inc()
-                break
-            if outcome.verdict == Verdict.PERMANENT or attempt == HISTORY_ATTEMPTS:
-                HISTORY_POSTS.labels(outcome="failed").inc()
-                log.warning("history webhook: record of %s not posted: %s",
-                            record.notification_id, outcome.reason)
-                break
-            await asyncio.sleep(HISTORY_BACKOFF * 2 ** (attempt - 1))
+class History(Stage):
+    """Posts delivered-notification records of ``nmstream-sent`` to ``history.webhook`` when
+    it is set, one at a time."""
+
+    def __init__(self) -> None:
+        super().__init__("history", [SENT.name])
+
+    async def handle(self, batches: Batches) -> None:
+        """Post each delivered record of the batch (nothing when no history is configured)."""
+        for records in batches.values():
+            for record in records:
+                manager = state.view.manager()
+                target = manager.spec.history if manager is not None else None
+                if target is None or not record.value:
+                    continue
+                sent = decode(SentRecord, record.value, SENT.name)
+                if sent is not None and sent.status == "delivered":
+                    await post(history_notification(sent, target.webhook), sent)
+
+
+async def post(notification: Notification, record: SentRecord) -> None:
+    """Post one record, tried a few times with backoff."""
+    for attempt in range(1, HISTORY_ATTEMPTS + 1):
+        outcome = await deliver(notification)
+        if outcome.verdict == Verdict.DELIVERED:
+            HISTORY_POSTS.labels(outcome="delivered").inc()
+            return
+        if outcome.verdict == Verdict.PERMANENT or attempt == HISTORY_ATTEMPTS:
+            HISTORY_POSTS.labels(outcome="failed").inc()
+            log.warning("history webhook: record of %s not posted: %s",
+                        record.notification_id, outcome.reason)
+            return
+        await asyncio.sleep(HISTORY_BACKOFF * 2 ** (attempt - 1))
+
+
+@app.service
+class HistoryService(StageService):
+    """Runs the history stage."""
+
+    stage = History()

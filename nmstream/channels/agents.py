@@ -1,8 +1,9 @@
-"""Dispatch: per channel, one agent delivers ``nmstream-notify-<channel>`` records and one
-re-delivers ``nmstream-retry-<channel>`` records when due (so retries never hold up fresh
-notifications); every outcome goes to ``nmstream-sent``, exhausted or permanent failures to
-``nmstream-dlq-<channel>`` with the history of their attempts. An attempt whose outcome is
-already recorded (read again after a crash) is skipped: see :mod:`nmstream.channels.delivered`.
+"""Dispatch: the :class:`Dispatch` stage delivers ``nmstream-notify-<channel>`` records and, per
+channel, an agent re-delivers ``nmstream-retry-<channel>`` records when due (so retries never
+hold up fresh notifications); every outcome goes to ``nmstream-sent``, exhausted or permanent
+failures to ``nmstream-dlq-<channel>`` with the history of their attempts. An attempt whose
+outcome is already recorded (read again after a crash) is skipped: see
+:mod:`nmstream.channels.delivered`.
 
 Each worker resolves secret references from its own :class:`SecretStore` (fed by a
 Secret-only source of its own: secret values never travel on a topic). A send is bounded by
@@ -16,10 +17,12 @@ import asyncio
 import logging
 import random
 import time
+from collections.abc import Iterable
 from datetime import timedelta
 from typing import Any, Literal
 
 import mode
+from aiokafka import TopicPartition
 from faust.types import TP
 
 from nmstream.app import app, settings
@@ -52,7 +55,8 @@ from nmstream.metrics import (
 )
 from nmstream.render.models import DeadLetter, Notification, SentRecord
 from nmstream.routing.models import decode
-from nmstream.topics import NOTIFY, RETRY, SENT, dlq_topics, notify_topics, retry_topics
+from nmstream.stage import Batches, Stage, StageService
+from nmstream.topics import NOTIFY, RETRY, SENT, dlq_topics, retry_topics
 
 log = logging.getLogger(__name__)
 
@@ -169,14 +173,85 @@ async def attempt(notification: Notification) -> None:
         done.set()
 
 
-def _agents(channel: str) -> tuple[Any, Any]:
-    fresh, retries = notify_topics[channel], retry_topics[channel]
+class Dispatch(Stage):
+    """Delivers ``nmstream-notify-<channel>`` records: per channel, a queue and
+    ``NMSTREAM_DISPATCH_CONCURRENCY`` senders taking from it. A channel whose queue holds
+    ``QUEUE_LIMIT`` notifications has its partitions paused until half of them are sent, so a
+    slow channel never holds up another. A record counts as handled once its outcome is
+    written (see :class:`~nmstream.stage.Stage`)."""
 
-    async def dispatch(stream: Any) -> None:
-        async for value in stream:
-            notification = decode(Notification, value, fresh)
-            if notification is not None:
+    #: Queued notifications of a channel beyond which its partitions are not fetched.
+    QUEUE_LIMIT = 200
+
+    def __init__(self) -> None:
+        super().__init__("dispatch", [spec.name for spec in NOTIFY.values()])
+        self.channels = {spec.name: channel for channel, spec in NOTIFY.items()}
+        self.queues: dict[str, asyncio.Queue[tuple[TopicPartition, int, int, Notification]]] = {
+            channel: asyncio.Queue() for channel in NOTIFY
+        }
+        #: Per partition, the offsets fetched whose outcome is not written yet.
+        self.holding: dict[TopicPartition, set[int]] = {}
+        #: Per partition, bumped when it is revoked: what was queued before is dropped.
+        self.generation: dict[TopicPartition, int] = {}
+
+    async def handle(self, batches: Batches) -> None:
+        """Queue the notifications; pause the channels whose queue is full."""
+        for tp, records in batches.items():
+            queue, generation = self.queues[self.channels[tp.topic]], self.generation.get(tp, 0)
+            holding = self.holding.setdefault(tp, set())
+            for record in records:
+                value = record.value
+                notification = decode(Notification, value, tp.topic) if value else None
+                if notification is not None:
+                    holding.add(record.offset)
+                    queue.put_nowait((tp, generation, record.offset, notification))
+        for channel, queue in self.queues.items():
+            if queue.qsize() >= self.QUEUE_LIMIT:
+                self._flow(channel, pause=True)
+
+    def held(self) -> Iterable[tuple[TopicPartition, int]]:
+        """The lowest offset per partition whose outcome is not written yet."""
+        return [(tp, min(offsets)) for tp, offsets in self.holding.items() if offsets]
+
+    async def send(self, channel: str) -> None:
+        """One sender of a channel: attempts queued notifications, until cancelled."""
+        queue = self.queues[channel]
+        while True:
+            tp, generation, offset, notification = await queue.get()
+            if queue.qsize() < self.QUEUE_LIMIT // 2:
+                self._flow(channel, pause=False)
+            if generation != self.generation.get(tp, 0):
+                continue  # revoked since it was fetched: its new owner reads it again
+            try:
                 await attempt(notification)
+            except Exception:  # a bug must cost one notification, not a sender
+                log.exception("%s notification %s: not delivered", channel, notification.id)
+            if generation == self.generation.get(tp, 0):
+                self.holding[tp].discard(offset)
+
+    def _flow(self, channel: str, *, pause: bool) -> None:
+        consumer = self.consumer
+        if consumer is None:
+            return
+        tps = [tp for tp in consumer.assignment() if self.channels[tp.topic] == channel]
+        if pause:
+            consumer.pause(*tps)
+        else:
+            consumer.resume(*tps)
+
+    async def assigned(self, partitions: set[TopicPartition]) -> None:
+        """Before sending what may be read again, learn which outcomes are already recorded."""
+        await rebuild_delivered()
+
+    async def released(self, partitions: set[TopicPartition]) -> None:
+        """Drop what was queued from lost partitions: the new owner reads it again."""
+        for tp in partitions:
+            self.generation[tp] = self.generation.get(tp, 0) + 1
+            self.holding.pop(tp, None)
+
+
+def _retry_agent(channel: str) -> Any:
+    retries = retry_topics[channel]
 
     async def retry(stream: Any) -> None:
         async for value in stream:
@@ -187,34 +262,39 @@ def _agents(channel: str) -> tuple[Any, Any]:
                 await asyncio.sleep(max((notification.not_before - utcnow()).total_seconds(), 0))
             await attempt(notification)
 
-    dispatch.__doc__ = f"Deliver ``{fresh.get_topic_name()}`` records."
     retry.__doc__ = f"Deliver ``{retries.get_topic_name()}`` records once they are due."
-    concurrency = settings.dispatch_concurrency
-    return (
-        app.agent(fresh, name=f"nmstream.dispatch.{channel}", concurrency=concurrency)(dispatch),
-        app.agent(retries, name=f"nmstream.retry.{channel}", concurrency=concurrency)(retry),
-    )
+    return app.agent(retries, name=f"nmstream.retry.{channel}",
+                     concurrency=settings.dispatch_concurrency)(retry)
 
 
-_DISPATCHED = {spec.name for spec in (*NOTIFY.values(), *RETRY.values())}
+retriers = {channel: _retry_agent(channel) for channel in CHANNELS}
+_RETRIED = {spec.name for spec in RETRY.values()}
+
+
+async def rebuild_delivered() -> None:
+    """Rebuild the delivered table, holding sends meanwhile."""
+    delivered.ready.clear()
+    try:
+        await delivered.rebuild(SENT.name, settings.delivered_window)
+    except Exception as exc:  # Kafka trouble: a notification may be sent twice, none lost
+        log.warning("cannot rebuild the delivered table (%s); starting with what it has", exc)
+    finally:
+        delivered.ready.set()
 
 
 @app.on_partitions_revoked.connect
 async def hold_delivered(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
-    """Partitions are moving: hold sends until the table is rebuilt for the new assignment."""
+    """Retry partitions are moving: hold sends until the table is rebuilt."""
     delivered.ready.clear()
 
 
 @app.on_partitions_assigned.connect
-async def rebuild_delivered(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
-    """Before sending what may be read again, learn which outcomes are already recorded."""
+async def delivered_for_retries(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
+    """Before re-sending what may be read again, learn which outcomes are already recorded."""
     assigned: set[TP] = args[0]
-    try:
-        if any(tp.topic in _DISPATCHED for tp in assigned):
-            await delivered.rebuild(SENT.name, settings.delivered_window)
-    except Exception as exc:  # Kafka trouble: a notification may be sent twice, none lost
-        log.warning("cannot rebuild the delivered table (%s); starting with what it has", exc)
-    finally:
+    if any(tp.topic in _RETRIED for tp in assigned):
+        await rebuild_delivered()
+    else:
         delivered.ready.set()
 
 
@@ -224,7 +304,19 @@ async def expire_delivered() -> None:
     delivered.purge(settings.delivered_window)
 
 
-dispatchers = {channel: _agents(channel) for channel in CHANNELS}
+dispatch = Dispatch()
+
+
+@app.service
+class DispatchService(StageService):
+    """Runs :data:`dispatch`: consumption, commits and every channel's senders."""
+
+    stage = dispatch
+
+    @mode.Service.task
+    async def _send(self) -> None:
+        await asyncio.gather(*(dispatch.send(channel) for channel in CHANNELS
+                               for _ in range(settings.dispatch_concurrency)))
 
 
 @app.service

@@ -10,8 +10,8 @@ import mode
 
 from nmstream.app import app, settings
 from nmstream.metrics import CONSUMER_LAG
-from nmstream.routing.agents import router
-from nmstream.topics import ALERTS, guard
+from nmstream.stage import stages
+from nmstream.topics import guard
 
 log = logging.getLogger(__name__)
 #: Allocations between two young-generation collections (Python: 700).
@@ -59,7 +59,8 @@ async def measure_lag() -> None:
     except Exception as exc:  # a rebalance under way: measure next time
         log.debug("consumer lag not measured: %s", exc)
         return
-    lag[ALERTS.name] += router.lag()
+    for stage in stages:
+        lag.update(stage.lag())
     CONSUMER_LAG_TOPICS.update(lag)
     for topic, value in lag.items():
         CONSUMER_LAG.labels(topic=topic).set(value)

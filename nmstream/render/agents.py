@@ -1,11 +1,12 @@
 """Render: each flushed group → its notifications on ``nmstream-notify-<channel>``.
 
 Templates follow notification-manager's precedence (see :func:`choose`); a template that fails
-sends the group to ``nmstream-dlq-<channel>`` with the error and never stops the agent.
+sends the group to ``nmstream-dlq-<channel>`` with the error and never stops the stage.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections import defaultdict
@@ -19,7 +20,8 @@ from nmstream.metrics import NOTIFICATIONS_RENDERED, RENDER_FAILURES
 from nmstream.render.engine import Renderer, TemplateError, choose
 from nmstream.render.models import DeadLetter, Notification, notification_id
 from nmstream.routing.models import AlertGroup, decode
-from nmstream.topics import NOTIFY, dlq_topics, groups_topic, send_batched
+from nmstream.stage import Batches, Stage, StageService
+from nmstream.topics import GROUPS, NOTIFY, dlq_topics, send_batched
 
 log = logging.getLogger(__name__)
 
@@ -68,34 +70,47 @@ def notifications(group: AlertGroup, receiver: Any = None) -> list[Notification]
     return out
 
 
-#: The render agent takes groups in batches of up to this many, waiting at most this long.
-RENDER_BATCH = 200
-RENDER_BATCH_WAIT = 0.005
+class Render(Stage):
+    """Groups → notifications (or a dead letter when a group's template fails), a fetched
+    batch at a time, the notifications written as one record batch per partition."""
 
+    #: Small batches: a batch's notifications leave when all of them are rendered.
+    fetch_records = 200
 
-@app.agent(groups_topic)
-async def render(stream: Any) -> None:
-    """Groups → notifications (or a dead letter when a group's template fails), a batch of
-    groups at a time, their notifications written as one record batch per partition."""
-    async for values in stream.take(RENDER_BATCH, within=RENDER_BATCH_WAIT):
+    def __init__(self) -> None:
+        super().__init__("render", [GROUPS.name])
+
+    async def handle(self, batches: Batches) -> None:
+        """Render every group of the batch and wait until Kafka has the notifications."""
         now_ms = int(time.time() * 1000)
         out: dict[str, list[tuple[bytes, bytes, int]]] = defaultdict(list)
-        for value in values:
-            group = decode(AlertGroup, value, groups_topic)
-            if group is None:
-                continue
-            channel = group.receiver.channel
-            try:
-                rendered = notifications(group)
-            except TemplateError as exc:
-                RENDER_FAILURES.labels(channel=channel).inc()
-                log.warning("group %s for %s: %s", group.group_id, group.receiver.key, exc)
-                letter = DeadLetter(stage="render", channel=channel, error=str(exc),
-                                    group=group, failed_at=utcnow())
-                await dlq_topics[channel].send(key=group.group_id.encode(),
-                                               value=letter.to_bytes())
-                continue
-            out[channel] += [(n.id.encode(), n.to_bytes(), now_ms) for n in rendered]
-        for channel, records in out.items():
-            await send_batched(NOTIFY[channel].name, records)
-            NOTIFICATIONS_RENDERED.labels(channel=channel).inc(len(records))
+        for records in batches.values():
+            for record in records:
+                group = decode(AlertGroup, record.value, GROUPS.name) if record.value else None
+                if group is None:
+                    continue
+                channel = group.receiver.channel
+                try:
+                    rendered = notifications(group)
+                except Exception as exc:  # a template's error, or a bug: never a lost group
+                    RENDER_FAILURES.labels(channel=channel).inc()
+                    log.log(logging.WARNING if isinstance(exc, TemplateError) else logging.ERROR,
+                            "group %s for %s: %s", group.group_id, group.receiver.key, exc)
+                    letter = DeadLetter(stage="render", channel=channel, error=str(exc),
+                                        group=group, failed_at=utcnow())
+                    await dlq_topics[channel].send(key=group.group_id.encode(),
+                                                   value=letter.to_bytes())
+                    continue
+                out[channel] += [(n.id.encode(), n.to_bytes(), now_ms) for n in rendered]
+        futures = []
+        for channel, notes in out.items():
+            futures += await send_batched(NOTIFY[channel].name, notes)
+            NOTIFICATIONS_RENDERED.labels(channel=channel).inc(len(notes))
+        await asyncio.gather(*futures)
+
+
+@app.service
+class RenderService(StageService):
+    """Runs the render stage."""
+
+    stage = Render()

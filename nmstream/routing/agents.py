@@ -12,12 +12,10 @@ that topic in batches with its own consumer group (``<app id>-route``) and, per 
   written to ``nmstream-groups`` when it holds ``batchMaxSize`` alerts or ``batchMaxWait``
   after its oldest alert was received.
 
-Offsets are committed by the router itself, never past an alert whose group is not yet in
-Kafka: after a crash or a rebalance the owner of the partition reads the pending alerts again
-and rebuilds their groups. No table state is needed (and none can be lost).
-
-It is an aiokafka consumer rather than a Faust agent because it handles a fetched batch at a
-time and acknowledges by group flush: a per-record stream cost more than all the routing.
+It is a :class:`~nmstream.stage.Stage`: offsets are never committed past an alert whose group
+is not yet in Kafka, so after a crash or a rebalance the owner of the partition reads the
+pending alerts again and rebuilds their groups. No table state is needed (and none can be
+lost).
 """
 
 from __future__ import annotations
@@ -31,11 +29,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import mode
-from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
-from aiokafka.abc import ConsumerRebalanceListener
-from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka import TopicPartition
 
-from nmstream.app import app, settings
+from nmstream.app import app
 from nmstream.audit.history import record_outcome
 from nmstream.config.agents import state
 from nmstream.config.selection import Selected, Skipped, channel_of, select
@@ -50,15 +46,12 @@ from nmstream.render.models import SentRecord
 from nmstream.routing.batching import Batching, batching
 from nmstream.routing.dedup import Dedup
 from nmstream.routing.models import AlertGroup, ReceiverRef, decode, group_id
+from nmstream.stage import Batches, Stage, StageService
 from nmstream.topics import ALERTS, GROUPS, send_batched
 
 log = logging.getLogger(__name__)
 
 FLUSH_TICK = 0.02
-#: The router's consumer group.
-ROUTE_GROUP = f"{settings.app_id}-route"
-#: Records taken from Kafka at a time.
-FETCH_RECORDS = 1000
 _TARGET_EXCLUDED = ("alertSelector", "template", "subjectTemplate")
 
 
@@ -140,67 +133,23 @@ class Pending:
         )
 
 
-class Router:
-    """The route-and-group stage of one worker: its consumer, pending groups, dedup state."""
+class Router(Stage):
+    """The route-and-group stage of one worker: pending groups and dedup state."""
 
     def __init__(self) -> None:
-        self.consumer: AIOKafkaConsumer | None = None
+        super().__init__("route", [ALERTS.name])
         self.pending: dict[str, Pending] = {}
         #: Groups being written: their alerts are not committed until Kafka has them.
         self.writing: set[Pending] = set()
         self.dedup = Dedup()
-        #: Per partition owned, the offset after the last alert handled.
-        self.consumed: dict[int, int] = {}
-        self.committed: dict[int, int] = {}
 
-    async def run(self) -> None:
-        """Consume ``nmstream-alerts`` once the receivers view is in sync, until cancelled."""
-        await state.reader.synced.wait()
-        try:
-            await adopt_faust_offsets()
-        except Exception as exc:  # Kafka trouble: the group's own offsets, or the earliest
-            log.warning("routing: cannot read the Faust group's offsets (%s)", exc)
-        consumer = AIOKafkaConsumer(
-            bootstrap_servers=settings.bootstrap_servers,
-            group_id=ROUTE_GROUP,
-            client_id=ROUTE_GROUP,
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            fetch_max_wait_ms=int(settings.fetch_max_wait * 1000),
-            session_timeout_ms=int(settings.session_timeout * 1000),
-            heartbeat_interval_ms=int(settings.heartbeat_interval * 1000),
-            rebalance_timeout_ms=int(settings.rebalance_timeout * 1000),
-        )
-        consumer.subscribe([ALERTS.name], listener=_Rebalance(self))
-        while True:
-            try:
-                await consumer.start()
-                break
-            except Exception as exc:  # Kafka away at start: keep trying, the worker stays up
-                log.warning("routing: cannot start the consumer (%s); retrying in 1s", exc)
-                await asyncio.sleep(1.0)
-        self.consumer = consumer
-        while self.consumer is consumer:
-            try:
-                batches = await consumer.getmany(timeout_ms=1000, max_records=FETCH_RECORDS)
-                await self.handle(consumer.assignment(), batches)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # Kafka trouble: the consumer reconnects by itself
-                log.warning("routing: %s; retrying in 1s", exc)
-                await asyncio.sleep(1.0)
-
-    async def handle(self, owned: Iterable[TopicPartition],
-                     batches: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]) -> None:
+    async def handle(self, batches: Batches) -> None:
         """Route, deduplicate and group a fetched batch; write the groups it filled."""
         snapshot, grouping = state.view.snapshot(), batching()
         outcomes: list[SentRecord] = []
         full: list[Pending] = []
         routed: Counter[str] = Counter()
-        owned = set(owned)
         for tp, records in batches.items():
-            if not records or tp not in owned:  # revoked while the batch was on its way
-                continue
             for r in records:
                 record = decode(AlertRecord, r.value, ALERTS.name) if r.value else None
                 if record is None:
@@ -210,7 +159,6 @@ class Router:
                               full, routed)
                 except Exception:  # a bug must cost one alert, not stop the stage
                     log.exception("routing: skipping alert %s", record.fingerprint)
-            self.consumed[tp.partition] = records[-1].offset + 1
         for channel, count in routed.items():
             ALERTS_ROUTED.labels(channel=channel).inc(count)
         for outcome in outcomes:
@@ -286,109 +234,27 @@ class Router:
         finally:
             self.writing.difference_update(groups)
 
-    def safe_offsets(self) -> dict[int, int]:
-        """Per partition owned, the offset to commit: below every alert not yet in a group
-        Kafka has, else after the last alert handled."""
-        safe = dict(self.consumed)
+    def held(self) -> Iterable[tuple[TopicPartition, int]]:
+        """The lowest alert offsets of the groups not yet in Kafka."""
         for group in (*self.pending.values(), *self.writing):
             for partition, offset in group.offsets.items():
-                if partition in safe and offset < safe[partition]:
-                    safe[partition] = offset
-        return safe
+                yield TopicPartition(ALERTS.name, partition), offset
 
-    async def commit(self) -> None:
-        """Commit what is safe (the outcomes written for those alerts first)."""
-        consumer = self.consumer
-        offsets = {p: o for p, o in self.safe_offsets().items() if self.committed.get(p) != o}
-        if consumer is None or not offsets:
-            return
-        try:
-            await app.producer.flush()
-            await consumer.commit({TopicPartition(ALERTS.name, p): o for p, o in offsets.items()})
-        except Exception as exc:  # Kafka trouble or a rebalance: committed later, or the
-            log.warning("cannot commit alerts offsets (%s)", exc)  # new owner reads them again
-            return
-        self.committed.update(offsets)
-
-    def lag(self) -> int:
-        """Alerts in Kafka this worker has not fetched yet, over its partitions."""
-        consumer, total = self.consumer, 0
-        if consumer is None:
-            return 0
-        for tp in consumer.assignment():
-            highwater, position = consumer.highwater(tp), self.consumed.get(tp.partition)
-            if highwater is not None and position is not None:
-                total += max(highwater - position, 0)
-        return total
-
-    async def revoked(self, partitions: set[int]) -> None:
-        """Commit what is safe, then forget the groups and dedup state of lost partitions:
-        the new owner reads their pending alerts again."""
-        await self.commit()
-        for gid in [g for g, p in self.pending.items() if p.partition in partitions]:
+    async def released(self, partitions: set[TopicPartition]) -> None:
+        """Forget the groups and dedup state of lost partitions: the new owner reads their
+        pending alerts again."""
+        lost = {tp.partition for tp in partitions}
+        for gid in [g for g, p in self.pending.items() if p.partition in lost]:
             del self.pending[gid]
-        self.dedup.forget(partitions)
-        for partition in partitions:
-            self.consumed.pop(partition, None)
-            self.committed.pop(partition, None)
+        self.dedup.forget(lost)
 
-    async def assigned(self, partitions: set[int]) -> None:
+    async def assigned(self, partitions: set[TopicPartition]) -> None:
         """Load what was sent within the window for the partitions this worker now owns."""
         try:
-            await self.dedup.rebuild(GROUPS.name, partitions, batching().dedup_window)
+            await self.dedup.rebuild(GROUPS.name, {tp.partition for tp in partitions},
+                                     batching().dedup_window)
         except Exception as exc:  # Kafka trouble: start empty (a repeat may be sent, none lost)
             log.warning("cannot rebuild dedup state (%s); starting empty", exc)
-
-    async def stop(self) -> None:
-        """Commit what is safe and leave the group."""
-        consumer = self.consumer
-        if consumer is None:
-            return
-        try:
-            await self.commit()
-        finally:
-            self.consumer = None
-            await consumer.stop()
-
-
-async def adopt_faust_offsets() -> None:
-    """Before the router had its own consumer group, Faust's (the app id) read
-    ``nmstream-alerts``: while the router's group has committed nothing, it takes Faust's
-    offsets, so that an upgraded worker does not route the alerts Kafka retains once more."""
-    probe = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap_servers,
-                             group_id=ROUTE_GROUP, enable_auto_commit=False)
-    await probe.start()
-    try:
-        tps = [TopicPartition(ALERTS.name, p)
-               for p in sorted(probe.partitions_for_topic(ALERTS.name) or ())]
-        committed = [await probe.committed(tp) for tp in tps]
-        if not tps or any(offset is not None for offset in committed):
-            return
-        admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers)
-        await admin.start()
-        try:
-            earlier = await admin.list_consumer_group_offsets(settings.app_id, partitions=tps)
-        finally:
-            await admin.close()
-        offsets = {tp: meta.offset for tp, meta in earlier.items() if meta.offset >= 0}
-        if offsets:
-            probe.assign(list(offsets))
-            await probe.commit(offsets)
-            log.info("routing starts where the Faust group left nmstream-alerts: %s",
-                     {tp.partition: offset for tp, offset in offsets.items()})
-    finally:
-        await probe.stop()
-
-
-class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
-    def __init__(self, router: Router) -> None:
-        self.router = router
-
-    async def on_partitions_revoked(self, revoked: Sequence[TopicPartition]) -> None:
-        await self.router.revoked({tp.partition for tp in revoked})
-
-    async def on_partitions_assigned(self, assigned: Sequence[TopicPartition]) -> None:
-        await self.router.assigned({tp.partition for tp in assigned})
 
 
 def unrouted(record: AlertRecord, skipped: Sequence[Skipped]) -> SentRecord:
@@ -410,12 +276,10 @@ router = Router()
 
 
 @app.service
-class RouterService(mode.Service):
-    """Runs :data:`router`: consumption, flushes on time, dedup expiry, commits."""
+class RouterService(StageService):
+    """Runs :data:`router`: consumption, commits, flushes on time, dedup expiry."""
 
-    @mode.Service.task
-    async def _consume(self) -> None:
-        await router.run()
+    stage = router
 
     @mode.Service.task
     async def _flush(self) -> None:
@@ -429,13 +293,3 @@ class RouterService(mode.Service):
         while not self.should_stop:
             await self.sleep(1.0)
             router.dedup.purge(batching().dedup_window)
-
-    @mode.Service.task
-    async def _commit(self) -> None:
-        while not self.should_stop:
-            await self.sleep(settings.commit_interval)
-            await router.commit()
-
-    async def on_stop(self) -> None:
-        """Commit and leave the consumer group."""
-        await router.stop()
