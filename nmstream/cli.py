@@ -31,9 +31,11 @@ def _fail(message: str) -> int:
 def _run_faust(argv: list[str]) -> int:
     """Hand ``argv`` to the Faust command line of the nmstream app."""
     try:
-        get_settings()
+        settings = get_settings()
     except SettingsError as exc:
         return _fail(f"invalid settings:\n{exc}")
+    # read by Faust when it is first imported (a --loop option on the command line wins)
+    os.environ.setdefault("FAUST_LOOP", "uvloop" if settings.event_loop == "uvloop" else "aio")
     from nmstream.app import app
 
     sys.argv = ["nmstream", *argv]

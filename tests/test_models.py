@@ -110,6 +110,7 @@ def test_broker_setting_accepts_host_port_lists(value: str, expected: str) -> No
         ("NMSTREAM_WEB_PORT", "70000"),
         ("NMSTREAM_PARTITIONS", "0"),
         ("NMSTREAM_TOPIC_PREFIX", "bad prefix"),
+        ("NMSTREAM_EVENT_LOOP", "trio"),
     ],
 )
 def test_invalid_setting_names_the_variable(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import logging
 from collections import Counter
@@ -64,6 +65,13 @@ async def measure_lag() -> None:
     CONSUMER_LAG_TOPICS.update(lag)
     for topic, value in lag.items():
         CONSUMER_LAG.labels(topic=topic).set(value)
+
+
+@app.task  # type: ignore[untyped-decorator]
+async def log_event_loop() -> None:
+    """Say which event loop runs the worker (``NMSTREAM_EVENT_LOOP``)."""
+    loop = type(asyncio.get_running_loop())
+    log.info("event loop: %s.%s", loop.__module__, loop.__qualname__)
 
 
 @app.task  # type: ignore[untyped-decorator]
