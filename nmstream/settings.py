@@ -67,6 +67,10 @@ class Settings(BaseSettings):
     dispatch_concurrency: int = Field(
         8, ge=1, le=256, description="sends in flight per channel and worker"
     )
+    dispatch_queue: int = Field(
+        200, ge=2, le=100_000,
+        description="notifications of a channel fetched ahead of its senders; then it pauses",
+    )
     retry_initial: float = Field(1.0, gt=0, description="first retry backoff, seconds")
     retry_factor: float = Field(2.0, ge=1)
     retry_max_backoff: float = Field(300.0, gt=0, description="backoff cap, seconds")

@@ -142,15 +142,19 @@ class Stage:
             return  # them again
         self.committed.update(offsets)
 
-    def lag(self) -> Counter[str]:
-        """Per topic, records in Kafka this worker has not fetched yet, over its partitions."""
+    async def lag(self) -> Counter[str]:
+        """Per topic, records in Kafka this worker has not fetched yet, over its partitions
+        (the end of a paused partition, which fetches do not report, is asked for)."""
         consumer, lag = self.consumer, Counter[str]()
         if consumer is None:
             return lag
+        paused = consumer.paused()
+        ends = await consumer.end_offsets(list(paused)) if paused else {}
         for tp in consumer.assignment():
-            highwater, position = consumer.highwater(tp), self.consumed.get(tp)
-            if highwater is not None and position is not None:
-                lag[tp.topic] += max(highwater - position, 0)
+            end = ends.get(tp) if tp in paused else consumer.highwater(tp)
+            position = self.consumed.get(tp)
+            if end is not None and position is not None:
+                lag[tp.topic] += max(end - position, 0)
         return lag
 
     async def revoked(self, partitions: set[TopicPartition]) -> None:

@@ -105,7 +105,8 @@ def test_a_channel_stuck_on_its_timeout_does_not_delay_another_channel(
          "metadata": {"name": "mail", "labels": {"type": "global"}},
          "spec": {"to": ["oncall@example.org"]}},
     ]
-    worker = configured(broker, tmp_path, prefix, docs, NMSTREAM_DISPATCH_CONCURRENCY="4").start()
+    worker = configured(broker, tmp_path, prefix, docs, NMSTREAM_DISPATCH_CONCURRENCY="4",
+                        NMSTREAM_DISPATCH_QUEUE="4").start()
     try:
         wait_usable(worker, 2)
         # warm up: the pipeline has its partitions and state once a first email got through
@@ -130,6 +131,8 @@ def test_a_channel_stuck_on_its_timeout_does_not_delay_another_channel(
     # the webhook backlog needs ≥ 12 s; the email waits only for its batch (0.1 s) and SMTP
     assert mail_latency < 2.0
     assert webhook_attempts < 16
+    # 12 of the 16 waited for a sender: the webhook partitions were paused, not the email's
+    assert "webhook notifications wait for a sender; not fetching more" in worker.log_text()
 
 
 @pytest.mark.timeout(120)

@@ -17,6 +17,7 @@ import asyncio
 import logging
 import random
 import time
+from collections import Counter
 from collections.abc import Iterable
 from datetime import timedelta
 from typing import Any, Literal
@@ -175,13 +176,10 @@ async def attempt(notification: Notification) -> None:
 
 class Dispatch(Stage):
     """Delivers ``nmstream-notify-<channel>`` records: per channel, a queue and
-    ``NMSTREAM_DISPATCH_CONCURRENCY`` senders taking from it. A channel whose queue holds
-    ``QUEUE_LIMIT`` notifications has its partitions paused until half of them are sent, so a
-    slow channel never holds up another. A record counts as handled once its outcome is
-    written (see :class:`~nmstream.stage.Stage`)."""
-
-    #: Queued notifications of a channel beyond which its partitions are not fetched.
-    QUEUE_LIMIT = 200
+    ``NMSTREAM_DISPATCH_CONCURRENCY`` senders taking from it. A channel with
+    ``NMSTREAM_DISPATCH_QUEUE`` notifications queued has its partitions paused until half of
+    them are taken, so a slow channel neither holds up another nor fills the memory. A record
+    counts as handled once its outcome is written (see :class:`~nmstream.stage.Stage`)."""
 
     def __init__(self) -> None:
         super().__init__("dispatch", [spec.name for spec in NOTIFY.values()])
@@ -189,6 +187,9 @@ class Dispatch(Stage):
         self.queues: dict[str, asyncio.Queue[tuple[TopicPartition, int, int, Notification]]] = {
             channel: asyncio.Queue() for channel in NOTIFY
         }
+        self.paused: set[str] = set()
+        #: Per topic, notifications queued and not yet taken by a sender.
+        self.waiting: Counter[str] = Counter()
         #: Per partition, the offsets fetched whose outcome is not written yet.
         self.holding: dict[TopicPartition, set[int]] = {}
         #: Per partition, bumped when it is revoked: what was queued before is dropped.
@@ -205,21 +206,27 @@ class Dispatch(Stage):
                 if notification is not None:
                     holding.add(record.offset)
                     queue.put_nowait((tp, generation, record.offset, notification))
+                    self.waiting[tp.topic] += 1
         for channel, queue in self.queues.items():
-            if queue.qsize() >= self.QUEUE_LIMIT:
-                self._flow(channel, pause=True)
+            if queue.qsize() >= settings.dispatch_queue:
+                self._pause(channel)
 
     def held(self) -> Iterable[tuple[TopicPartition, int]]:
         """The lowest offset per partition whose outcome is not written yet."""
         return [(tp, min(offsets)) for tp, offsets in self.holding.items() if offsets]
+
+    async def lag(self) -> Counter[str]:
+        """Records not fetched yet, and notifications fetched but not yet being sent."""
+        return await super().lag() + self.waiting
 
     async def send(self, channel: str) -> None:
         """One sender of a channel: attempts queued notifications, until cancelled."""
         queue = self.queues[channel]
         while True:
             tp, generation, offset, notification = await queue.get()
-            if queue.qsize() < self.QUEUE_LIMIT // 2:
-                self._flow(channel, pause=False)
+            self.waiting[tp.topic] -= 1
+            if channel in self.paused and queue.qsize() <= settings.dispatch_queue // 2:
+                self._resume(channel)
             if generation != self.generation.get(tp, 0):
                 continue  # revoked since it was fetched: its new owner reads it again
             try:
@@ -229,15 +236,24 @@ class Dispatch(Stage):
             if generation == self.generation.get(tp, 0):
                 self.holding[tp].discard(offset)
 
-    def _flow(self, channel: str, *, pause: bool) -> None:
+    def _partitions(self, channel: str) -> list[TopicPartition]:
         consumer = self.consumer
-        if consumer is None:
-            return
-        tps = [tp for tp in consumer.assignment() if self.channels[tp.topic] == channel]
-        if pause:
-            consumer.pause(*tps)
-        else:
-            consumer.resume(*tps)
+        owned = consumer.assignment() if consumer is not None else set()
+        return [tp for tp in owned if self.channels[tp.topic] == channel]
+
+    def _pause(self, channel: str) -> None:
+        if self.consumer is not None:
+            self.consumer.pause(*self._partitions(channel))  # again: new partitions too
+        if channel not in self.paused:
+            self.paused.add(channel)
+            log.info("dispatch: %d %s notifications wait for a sender; not fetching more until "
+                     "half of them are sent", self.queues[channel].qsize(), channel)
+
+    def _resume(self, channel: str) -> None:
+        self.paused.discard(channel)
+        if self.consumer is not None:
+            self.consumer.resume(*self._partitions(channel))
+        log.info("dispatch: fetching %s notifications again", channel)
 
     async def assigned(self, partitions: set[TopicPartition]) -> None:
         """Before sending what may be read again, learn which outcomes are already recorded."""

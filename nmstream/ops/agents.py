@@ -49,7 +49,8 @@ CONSUMER_LAG_TOPICS: set[str] = set()
 @app.timer(5.0)  # type: ignore[untyped-decorator]
 async def measure_lag() -> None:
     """``nmstream_consumer_lag``: per topic, records in Kafka this worker has not fetched yet
-    (high watermark minus position, over its assigned partitions)."""
+    (high watermark minus position, over its assigned partitions), by Faust's consumer and by
+    the stages; for notifications also those fetched and not yet being sent."""
     consumer = app.consumer
     lag: Counter[str] = Counter({topic: 0 for topic in CONSUMER_LAG_TOPICS})
     try:
@@ -57,11 +58,11 @@ async def measure_lag() -> None:
             highwater, position = consumer.highwater(tp), await consumer.position(tp)
             if highwater is not None and position is not None:
                 lag[tp.topic] += max(highwater - position, 0)
-    except Exception as exc:  # a rebalance under way: measure next time
+        for stage in stages:
+            lag.update(await stage.lag())
+    except Exception as exc:  # a rebalance under way, Kafka trouble: measure next time
         log.debug("consumer lag not measured: %s", exc)
         return
-    for stage in stages:
-        lag.update(stage.lag())
     CONSUMER_LAG_TOPICS.update(lag)
     for topic, value in lag.items():
         CONSUMER_LAG.labels(topic=topic).set(value)
