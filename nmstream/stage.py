@@ -52,9 +52,6 @@ class Stage:
         #: Per partition owned, the offset after the last record handed to :meth:`handle`.
         self.consumed: dict[TopicPartition, int] = {}
         self.committed: dict[TopicPartition, int] = {}
-        #: Whether the group gave this worker its partitions (not before the first
-        #: assignment, nor while partitions move): part of the worker's readiness.
-        self.settled = False
         stages.append(self)
 
     async def handle(self, batches: Batches) -> None:
@@ -159,7 +156,6 @@ class Stage:
 
     async def revoked(self, partitions: set[TopicPartition]) -> None:
         """Commit what is safe, then let the subclass forget the partitions."""
-        self.settled = False
         await self.commit()
         await self.released(partitions)
         for tp in partitions:
@@ -174,7 +170,7 @@ class Stage:
         try:
             await self.commit()
         finally:
-            self.consumer, self.settled = None, False
+            self.consumer = None
             await consumer.stop()
 
 
@@ -236,5 +232,4 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
 
     async def on_partitions_assigned(self, assigned: Sequence[TopicPartition]) -> None:
         await self.stage.assigned(set(assigned))
-        self.stage.settled = True
 

@@ -192,8 +192,7 @@ def test_metrics_count_requests_alerts_and_produce_latency(worker: Worker) -> No
     assert metric(worker, "nmstream_ingest_requests_total", '{outcome="unavailable"}') == 0
     ready = worker.get("/-/ready")
     assert ready.status_code == 200
-    assert ready.json()["checks"] == {"broker": "ok", "topics": "ok", "assignment": "ok",
-                                      "stages": "ok"}
+    assert ready.json()["checks"] == {"broker": "ok", "topics": "ok", "assignment": "ok"}
     assert "event loop: uvloop.Loop" in worker.log_text()  # NMSTREAM_EVENT_LOOP's default
 
 

@@ -10,7 +10,6 @@ from faust.web import Request, Response, View
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from nmstream.app import app
-from nmstream.stage import stages
 from nmstream.topics import guard
 
 BROKER_CHECK_TTL = 1.0
@@ -55,8 +54,7 @@ class Healthy(View):
 
 @app.page("/-/ready")
 class Ready(View):
-    """Readiness: broker reachable, topics declared, Faust's and every stage's consumer group
-    not rebalancing."""
+    """Readiness: broker reachable, topics declared, consumer group not rebalancing."""
 
     async def get(self, request: Request) -> Response:
         """200 with the checks when all pass, else 503 naming the failing ones."""
@@ -65,8 +63,6 @@ class Ready(View):
             "broker": "ok" if broker_error is None else f"unreachable: {broker_error}",
             "topics": "ok" if guard.ready.is_set() else "not verified yet",
             "assignment": "rebalancing" if app.rebalancing else "ok",
-            "stages": "ok" if all(s.settled for s in stages)
-            else "joining: " + ", ".join(s.name for s in stages if not s.settled),
         }
         ready = all(v == "ok" for v in checks.values())
         return self.json(
