@@ -16,6 +16,8 @@ $(STAMP): pyproject.toml
 
 ## Embedded broker + one worker on this machine (Ctrl-C stops both).
 run: $(STAMP)
+	NMSTREAM_SLACK_API_URL=$${NMSTREAM_SLACK_API_URL:-http://127.0.0.1:18082/api/} \
+	NMSTREAM_DINGTALK_API_URL=$${NMSTREAM_DINGTALK_API_URL:-http://127.0.0.1:18083/} \
 	$(BIN)/nmstream dev --config-dir examples --loglevel info
 
 ## Lint, type-check, then the whole test suite against the real embedded broker.
