@@ -5,6 +5,9 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 # The whole suite must finish well inside CI's limit; a hung test is killed by pytest-timeout.
 SUITE_TIMEOUT ?= 900
+# Test processes (pytest-xdist), each with its own embedded broker: most tests wait on workers,
+# brokers and timers, so two halve the suite's time even on two cores.
+TEST_WORKERS ?= 2
 
 .PHONY: run test lint typecheck bench-ingest bench soak clean
 
@@ -22,7 +25,7 @@ run: $(STAMP)
 
 ## Lint, type-check, then the whole test suite against the real embedded broker.
 test: lint typecheck
-	timeout --kill-after=30 $(SUITE_TIMEOUT) $(BIN)/pytest
+	timeout --kill-after=30 $(SUITE_TIMEOUT) $(BIN)/pytest -n $(TEST_WORKERS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check nmstream tests bench

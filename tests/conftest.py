@@ -16,7 +16,8 @@ from tests.helpers import Inbox, Recorder, Sink, smtp_auth
 
 @pytest.fixture(scope="session")
 def broker() -> Iterator[EmbeddedBroker]:
-    """One embedded broker for the session; tests isolate by topic prefix."""
+    """One embedded broker per test process (pytest-xdist runs two); tests isolate by topic
+    prefix."""
     with EmbeddedBroker() as b:
         yield b
 
