@@ -83,6 +83,10 @@ class Settings(BaseSettings):
         0.05, gt=0, le=30,
         description="seconds a worker's fetch may wait on the broker for records (Faust: 1.5)",
     )
+    fetch_min_bytes: int = Field(
+        65536, ge=1,
+        description="bytes a stage's fetch waits for (up to fetch_max_wait): fewer, fuller fetches",
+    )
     delivered_window: float = Field(
         900.0, gt=0,
         description="seconds a recorded outcome protects a notification from being sent again",

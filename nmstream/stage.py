@@ -83,6 +83,7 @@ class Stage:
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             fetch_max_wait_ms=int(settings.fetch_max_wait * 1000),
+            fetch_min_bytes=settings.fetch_min_bytes,
             session_timeout_ms=int(settings.session_timeout * 1000),
             heartbeat_interval_ms=int(settings.heartbeat_interval * 1000),
             rebalance_timeout_ms=int(settings.rebalance_timeout * 1000),
