@@ -80,6 +80,21 @@ def test_webhook_message_is_an_alertmanager_webhook_payload() -> None:
     assert body["alerts"][0]["labels"] == original["alerts"][0]["labels"]
 
 
+def test_user_templates_read_the_webhook_payload_as_a_mapping(tmp_path: Path) -> None:
+    (tmp_path / "hook.j2").write_text(
+        '{{ webhook_payload.alerts | length }} {{ webhook_payload["commonLabels"].namespace }} '
+        '{{ webhook_payload | list | first }} {{ {"wrapped": webhook_payload} | tojson }}')
+    group = group_of("alert.json", "webhook")
+    (message,) = Renderer([tmp_path]).render("webhook", Choice(None, "hook"), group)
+    count, namespace, first_key, wrapped = message.body.split(" ", 3)
+    assert (int(count), namespace, first_key) == (len(group.alerts), "kube-system", "version")
+    (default,) = Renderer().render("webhook", choose("webhook", None, None), group)
+    assert json.loads(wrapped) == {"wrapped": json.loads(default.body)}
+    assert list(json.loads(default.body)) == [  # Alertmanager's key order
+        "version", "groupKey", "truncatedAlerts", "status", "receiver", "groupLabels",
+        "commonLabels", "commonAnnotations", "externalURL", "alerts"]
+
+
 def test_resolved_alerts_get_their_own_section() -> None:
     group = group_of("alert1.json")
     resolved = group.alerts[0].model_copy(update={"status": "resolved"})

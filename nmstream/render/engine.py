@@ -9,14 +9,17 @@ notification instead of sending something half-rendered.
 
 from __future__ import annotations
 
+import functools
+import json
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import jinja2
 from jinja2.sandbox import SandboxedEnvironment
+from pydantic import BaseModel, Field
 
 from nmstream.config.models import NotificationManager
 from nmstream.ingest.models import Alert
@@ -83,20 +86,69 @@ def _common(mappings: Sequence[Mapping[str, str]]) -> dict[str, str]:
     return {k: v for k, v in first.items() if all(m.get(k) == v for m in mappings[1:])}
 
 
-def webhook_payload(group: AlertGroup, alerts: Sequence[Alert], status: str) -> dict[str, Any]:
-    """The group in Alertmanager's webhook v4 shape."""
-    return {
-        "version": "4",
-        "groupKey": group.group_id,
-        "truncatedAlerts": 0,
-        "status": status,
-        "receiver": group.receiver.name,
-        "groupLabels": group.group_labels,
-        "commonLabels": _common([a.labels for a in alerts]),
-        "commonAnnotations": _common([a.annotations for a in alerts]),
-        "externalURL": group.external_url or "",
-        "alerts": [a.model_dump(mode="json", by_alias=True) for a in alerts],
-    }
+class _WebhookMessage(BaseModel):
+    """Alertmanager's webhook v4 message, field for field and in its order (dumped by alias)."""
+
+    version: str = "4"
+    group_key: str = Field(serialization_alias="groupKey")
+    truncated_alerts: int = Field(0, serialization_alias="truncatedAlerts")
+    status: str
+    receiver: str
+    group_labels: dict[str, str] = Field(serialization_alias="groupLabels")
+    common_labels: dict[str, str] = Field(serialization_alias="commonLabels")
+    common_annotations: dict[str, str] = Field(serialization_alias="commonAnnotations")
+    external_url: str = Field(serialization_alias="externalURL")
+    alerts: list[Alert]
+
+
+class WebhookPayload(Mapping[str, Any]):
+    """The group in Alertmanager's webhook v4 shape, as templates see it: a mapping built
+    when first read, which ``tojson`` writes straight from pydantic (see :func:`_dumps`)."""
+
+    def __init__(self, group: AlertGroup, alerts: Sequence[Alert], status: str) -> None:
+        self._group, self._alerts, self._status = group, alerts, status
+
+    @functools.cached_property
+    def _message(self) -> _WebhookMessage:
+        group, alerts = self._group, self._alerts
+        return _WebhookMessage(
+            group_key=group.group_id, status=self._status, receiver=group.receiver.name,
+            group_labels=group.group_labels,
+            common_labels=_common([a.labels for a in alerts]),
+            common_annotations=_common([a.annotations for a in alerts]),
+            external_url=group.external_url or "", alerts=list(alerts),
+        )
+
+    @functools.cached_property
+    def _mapping(self) -> dict[str, Any]:
+        return self._message.model_dump(mode="json", by_alias=True)
+
+    def __getitem__(self, key: str) -> Any:
+        return self._mapping[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._mapping)
+
+    def __len__(self) -> int:
+        return len(self._mapping)
+
+    def to_json(self) -> str:
+        """The message as JSON, keys in Alertmanager's order."""
+        return self._message.model_dump_json(by_alias=True)
+
+
+def _dumps(obj: Any, **kwargs: Any) -> str:
+    """JSON for ``tojson``: a :class:`WebhookPayload` from pydantic, anything else (payloads
+    nested in it included) by :func:`json.dumps`."""
+    if isinstance(obj, WebhookPayload):
+        return obj.to_json()
+
+    def plain(value: Any) -> Any:
+        if isinstance(value, WebhookPayload):
+            return dict(value)
+        raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
+
+    return json.dumps(obj, default=plain, **kwargs)
 
 
 def template_data(group: AlertGroup, alerts: Sequence[Alert]) -> dict[str, Any]:
@@ -112,7 +164,7 @@ def template_data(group: AlertGroup, alerts: Sequence[Alert]) -> dict[str, Any]:
         "receiver": group.receiver.name,
         "tenant": group.receiver.tenant,
         "external_url": group.external_url,
-        "webhook_payload": webhook_payload(group, alerts, status),
+        "webhook_payload": WebhookPayload(group, alerts, status),
     }
 
 
@@ -167,6 +219,7 @@ class Renderer:
             auto_reload=True,
         )
         self.env.filters["sorted_pairs"] = sorted_pairs
+        self.env.policies["json.dumps_function"] = _dumps
 
     def render_one(self, name: str, data: Mapping[str, Any]) -> str:
         """Render template ``name``; any failure is a :class:`TemplateError` naming it."""
