@@ -3,6 +3,7 @@ flushed group of alerts for one receiver)."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -57,8 +58,13 @@ class ReceiverRef(Record):
 
 
 def group_id(receiver: ReceiverRef, group_labels: dict[str, str]) -> str:
-    """Stable id of one receiver's group."""
-    material = json.dumps([receiver.key, sorted(group_labels.items())]).encode()
+    """Stable id of one receiver's group (remembered: every alert of the group asks)."""
+    return _group_id(receiver.key, tuple(sorted(group_labels.items())))
+
+
+@functools.lru_cache(maxsize=65536)
+def _group_id(receiver_key: str, group_labels: tuple[tuple[str, str], ...]) -> str:
+    material = json.dumps([receiver_key, group_labels]).encode()
     return hashlib.sha256(material).hexdigest()[:24]
 
 
