@@ -52,6 +52,8 @@ class Stage:
         #: Per partition owned, the offset after the last record handed to :meth:`handle`.
         self.consumed: dict[TopicPartition, int] = {}
         self.committed: dict[TopicPartition, int] = {}
+        #: Partitions revoked so far: a batch handled across a revocation is not counted.
+        self.rebalances = 0
         stages.append(self)
 
     async def handle(self, batches: Batches) -> None:
@@ -104,8 +106,11 @@ class Stage:
                 owned = consumer.assignment()
                 batches = {tp: records for tp, records in fetched.items()
                            if records and tp in owned}  # not revoked while on its way
+                rebalances = self.rebalances
                 if batches:
                     await self.handle(batches)
+                if self.rebalances != rebalances:
+                    continue  # partitions moved meanwhile: their owners read from the commits
                 for tp, records in batches.items():
                     self.consumed[tp] = records[-1].offset + 1
             except asyncio.CancelledError:
@@ -157,6 +162,7 @@ class Stage:
 
     async def revoked(self, partitions: set[TopicPartition]) -> None:
         """Commit what is safe, then let the subclass forget the partitions."""
+        self.rebalances += 1
         await self.commit()
         await self.released(partitions)
         for tp in partitions:
