@@ -29,6 +29,9 @@ TOPIC_ALREADY_EXISTS = 36
 ADMIN_TIMEOUT_MS = 5000
 #: How long :func:`read_window` may take before it settles for what it read.
 READ_WINDOW_TIMEOUT = 30.0
+#: Up to this many records, :func:`send_batched` adds them to the batches being filled (shared
+#: with other senders) instead of bringing its own: a partition's batches leave one at a time.
+SMALL_SEND = 16
 
 
 @dataclass(frozen=True)
@@ -102,7 +105,9 @@ async def send_batched(
 
     ``partition(i, count)`` chooses the partition of record ``i``; by default it is chosen as
     ``Topic.send`` chooses it (the default partitioner over the key). Many records cost a few
-    batches instead of one Faust message, aiokafka message and future per record.
+    batches instead of one Faust message, aiokafka message and future per record; a few
+    (:data:`SMALL_SEND`) join the batches being filled, so that small posts arriving together
+    leave together.
     """
     faust_producer: Any = app.producer
     producer = faust_producer._ensure_producer()
@@ -113,6 +118,12 @@ async def send_batched(
                   else partition(i, len(partitions)))
         by_partition.setdefault(chosen, []).append(record)
     futures = []
+    if len(records) <= SMALL_SEND:  # join the batches being filled, with other senders
+        for number, batch_records in by_partition.items():
+            futures += [await producer.send(topic, value, key=key, partition=number,
+                                            timestamp_ms=timestamp)
+                        for key, value, timestamp in batch_records]
+        return futures
     for number, batch_records in by_partition.items():
         batch = producer.create_batch()
         for key, value, timestamp in batch_records:
