@@ -21,6 +21,8 @@ lost).
 from __future__ import annotations
 
 import asyncio
+import heapq
+import itertools
 import logging
 import time
 from collections import Counter
@@ -101,15 +103,19 @@ class Pending:
     due: float
     alerts: dict[str, Alert] = field(default_factory=dict)
     offsets: dict[int, int] = field(default_factory=dict)
+    #: The group's entry in the router's timers (older entries of it are stale).
+    timer: int = -1
 
-    def add(self, record: AlertRecord, partition: int, offset: int, max_wait: float) -> None:
+    def add(self, record: AlertRecord, partition: int, offset: int, max_wait: float) -> bool:
         """Take one alert (the newest status of a fingerprint wins); the group is due
-        ``max_wait`` after its oldest alert was received."""
+        ``max_wait`` after its oldest alert was received. True when that made it due earlier."""
         self.alerts[record.fingerprint] = record.alert
         self.offsets.setdefault(partition, offset)
         if record.received_at < self.record.received_at:
             self.record = record
             self.due = record.received_at.timestamp() + max_wait
+            return True
+        return False
 
     def merge(self, newer: Pending) -> None:
         """Take what arrived for the same group while this one was being written."""
@@ -139,6 +145,10 @@ class Router(Stage):
     def __init__(self) -> None:
         super().__init__("route", [ALERTS.name])
         self.pending: dict[str, Pending] = {}
+        #: ``(due, timer, group id)`` of the pending groups, soonest first; an entry whose
+        #: timer is not its group's current one is stale and skipped.
+        self.timers: list[tuple[float, int, str]] = []
+        self._timer_ids = itertools.count()
         #: Groups being written: their alerts are not committed until Kafka has them.
         self.writing: set[Pending] = set()
         self.dedup = Dedup()
@@ -197,16 +207,32 @@ class Router(Stage):
                     gid, ref, labels, partition, record,
                     record.received_at.timestamp() + grouping.max_wait,
                 )
-            group.add(record, partition, offset, grouping.max_wait)
+                self.schedule(group)
+            if group.add(record, partition, offset, grouping.max_wait):
+                self.schedule(group)
             if len(group.alerts) >= grouping.max_size:
                 full.append(self.pending.pop(gid))
 
-    async def flush_due(self) -> None:
+    def schedule(self, group: Pending) -> None:
+        """Set the group's timer to its due time (the entries are rebuilt from the pending
+        groups once stale ones, of groups written when full, outnumber them)."""
+        if len(self.timers) > 2 * len(self.pending) + 1024:
+            self.timers = [(g.due, g.timer, g.group_id) for g in self.pending.values()
+                           if g is not group]
+            heapq.heapify(self.timers)
+        group.timer = next(self._timer_ids)
+        heapq.heappush(self.timers, (group.due, group.timer, group.group_id))
+
+    async def flush_due(self, now: float | None = None) -> None:
         """Write every group whose oldest alert was received ``batchMaxWait`` ago."""
-        now = time.time()
-        due = [gid for gid, group in self.pending.items() if group.due <= now]
+        now, due = time.time() if now is None else now, []
+        while self.timers and self.timers[0][0] <= now:
+            _, timer, gid = heapq.heappop(self.timers)
+            group = self.pending.get(gid)
+            if group is not None and group.timer == timer:
+                due.append(self.pending.pop(gid))
         if due:
-            await self.write([self.pending.pop(gid) for gid in due])
+            await self.write(due)
 
     async def write(self, groups: list[Pending]) -> None:
         """Write groups to ``nmstream-groups`` (to the partition of their alerts, where the
@@ -229,6 +255,7 @@ class Router(Stage):
                 if newer is not None:
                     group.merge(newer)
                 self.pending[group.group_id] = group
+                self.schedule(group)
         else:
             GROUPS_FLUSHED.inc(len(groups))
         finally:

@@ -1,0 +1,87 @@
+"""The router's group timers: groups are written when due, once, soonest first, without a
+broker (``write`` is recorded instead of sent)."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+
+from nmstream.ingest.models import Alert, AlertRecord, GroupContext
+from nmstream.routing.agents import Pending, Router
+from nmstream.routing.models import ReceiverRef
+
+REF = ReceiverRef(kind="Receiver", name="hook", channel="webhook", tenant=None,
+                  config_kind="Config", config_name="default", targets={})
+WAIT = 10.0
+
+
+class RecordingRouter(Router):
+    """A router whose writes are recorded: the ids of each write, in order."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.written: list[list[str]] = []
+
+    async def write(self, groups: list[Pending]) -> None:
+        self.written.append([g.group_id for g in groups])
+
+
+def record(name: str, received: float) -> AlertRecord:
+    return AlertRecord.build(Alert(labels={"alertname": name}), GroupContext(), "req",
+                             datetime.fromtimestamp(received, UTC))
+
+
+def pend(router: Router, gid: str, received: float, offset: int = 0) -> Pending:
+    """A new pending group, as the router starts one for its first alert."""
+    first = record(gid, received)
+    group = router.pending[gid] = Pending(gid, REF, {}, 0, first, received + WAIT)
+    router.schedule(group)
+    group.add(first, 0, offset, WAIT)
+    return group
+
+
+def flush(router: RecordingRouter, now: float) -> list[str]:
+    router.written.clear()
+    asyncio.run(router.flush_due(now))
+    return [gid for write in router.written for gid in write]
+
+
+def test_groups_are_written_when_due_soonest_first_and_once() -> None:
+    router = RecordingRouter()
+    pend(router, "late", 1020)
+    pend(router, "early", 1000)
+    pend(router, "middle", 1010)
+    assert flush(router, 1009.9) == []
+    assert flush(router, 1025) == ["early", "middle"]
+    assert flush(router, 1025) == []
+    assert set(router.pending) == {"late"}
+    assert flush(router, 1030) == ["late"]
+    assert router.pending == {}
+
+
+def test_an_older_alert_makes_its_group_due_earlier_and_it_is_written_once() -> None:
+    router = RecordingRouter()
+    group = pend(router, "g", 1000)
+    assert group.add(record("g", 995), 0, 1, WAIT)
+    router.schedule(group)
+    assert flush(router, 1005) == ["g"]
+    assert flush(router, 1010) == []  # the entry of the first due time is stale
+
+
+def test_a_group_written_when_full_is_not_written_again_by_its_old_timer() -> None:
+    router = RecordingRouter()
+    pend(router, "g", 1000)
+    router.pending.pop("g")  # written when it filled up
+    pend(router, "g", 1008)  # the next group of the same id
+    assert flush(router, 1010) == []
+    assert flush(router, 1018) == ["g"]
+
+
+def test_stale_timers_stay_bounded() -> None:
+    router = RecordingRouter()
+    for i in range(5000):  # every group fills up and is written before it is due
+        pend(router, f"g{i}", 1000 + i)
+        router.pending.pop(f"g{i}")
+    assert len(router.timers) <= 1025
+    pend(router, "kept", 2000)
+    assert flush(router, 9000) == ["kept"]
