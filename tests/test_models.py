@@ -9,7 +9,9 @@ import pytest
 from pydantic import ValidationError
 
 from nmstream.ingest.models import (
+    Alert,
     AlertRecord,
+    GroupContext,
     WebhookPayload,
     encode_records,
     label_fingerprint,
@@ -51,6 +53,16 @@ def test_the_fast_encoder_writes_exactly_the_alert_records(name: str) -> None:
         (r.fingerprint.encode(), r.to_bytes()) for r in expected]
     assert [AlertRecord.model_validate_json(v) for _, v in
             encode_records(parsed.alerts, context, "req-1", NOW)] == expected
+
+
+def test_the_fast_encoder_escapes_fingerprints_that_are_not_hex() -> None:
+    odd = ['a"b\\c', "naïve", "tab\there", "ok-1", "CAFE01"]
+    alerts = [Alert(labels={"alertname": "A", "n": str(i)}, fingerprint=fp, status=status)
+              for i, fp in enumerate(odd) for status in ("firing", "resolved")]
+    expected = [AlertRecord.build(a, GroupContext(), "req", NOW) for a in alerts]
+    assert encode_records(alerts, GroupContext(), "req", NOW) == [
+        (r.fingerprint.encode(), r.to_bytes()) for r in expected]
+    assert [r.fingerprint for r in expected] == [fp for fp in odd for _ in range(2)]
 
 
 def test_minimal_sender_alerts_get_distinct_computed_fingerprints() -> None:

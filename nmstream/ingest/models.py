@@ -132,6 +132,8 @@ class AlertRecord(_Wire):
 _TIMESTAMP = TypeAdapter(datetime)
 _ALERT_JSON = Alert.__pydantic_serializer__
 _STAMPED = {"status", "fingerprint"}
+_SENDER, _COMPUTED = b',"fingerprint_source":"sender', b',"fingerprint_source":"computed'
+_STATUS = {"firing": b'{"status":"firing",', "resolved": b'{"status":"resolved",'}
 
 
 def encode_records(
@@ -145,17 +147,21 @@ def encode_records(
     ))
     tail = b',"group":' + group.__pydantic_serializer__.to_json(group, by_alias=True) + b"}"
     encoded = []
+    to_json = _ALERT_JSON.to_json
     for alert in alerts:
         fingerprint = alert.fingerprint or label_fingerprint(alert.labels)
-        fingerprint_json = json.dumps(fingerprint, ensure_ascii=False).encode()
+        key = fingerprint.encode()
+        # Alertmanager's fingerprints are hex: quoted as they are, anything else escaped
+        quoted = (b'"' + key + b'"' if fingerprint.isalnum()
+                  else json.dumps(fingerprint, ensure_ascii=False).encode())
         # the alert with its status and fingerprint stamped: those are its first and last
         # fields, so they are written around the rest instead of copying the model
-        rest = _ALERT_JSON.to_json(alert, by_alias=True, exclude=_STAMPED)
-        encoded.append((fingerprint.encode(), b"".join((
-            b'{"schema_version":1,"fingerprint":', fingerprint_json,
-            b',"fingerprint_source":"', b"sender" if alert.fingerprint else b"computed", middle,
-            b'{"status":"', alert.effective_status(received_at).encode(), b'",', rest[1:-1],
-            b',"fingerprint":', fingerprint_json, b"}", tail,
+        rest = to_json(alert, by_alias=True, exclude=_STAMPED)
+        encoded.append((key, b"".join((
+            b'{"schema_version":1,"fingerprint":', quoted,
+            _SENDER if alert.fingerprint else _COMPUTED, middle,
+            _STATUS[alert.effective_status(received_at)], rest[1:-1],
+            b',"fingerprint":', quoted, b"}", tail,
         ))))
     return encoded
 
