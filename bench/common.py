@@ -212,6 +212,13 @@ class Worker:
             time.sleep(0.2)
         sys.exit(f"receiver {RECEIVER} never usable:\n{self.log.read_text()[-4000:]}")
 
+    def metric(self, name: str) -> float:
+        """The sum of a metric's samples on ``/metrics`` (0 when absent)."""
+        with urllib.request.urlopen(f"{self.base}/metrics", timeout=30) as response:
+            text = response.read().decode()
+        return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                   if line.startswith((name + " ", name + "{")))
+
     def stop(self) -> None:
         """Terminate the worker."""
         stop(self.process)
@@ -339,9 +346,12 @@ class Load:
         return max(p.acked for p in self.posts)
 
 
-async def post_all(url: str, bodies: list[tuple[list[str], bytes]], concurrency: int) -> Load:
-    """Post every body, in order, with ``concurrency`` keep-alive clients; a post answered
-    other than 200 is retried after a second (as Alertmanager retries)."""
+async def post_all(url: str | list[str], bodies: list[tuple[list[str], bytes]],
+                   concurrency: int) -> Load:
+    """Post every body, in order, with ``concurrency`` keep-alive clients (client i posts to
+    ``url[i % len(url)]`` when given several, as a Service spreads connections over pods); a
+    post answered other than 200 is retried after a second (as Alertmanager retries)."""
+    urls = [url] if isinstance(url, str) else url
     load = Load()
     queue: asyncio.Queue[tuple[Posted, bytes]] = asyncio.Queue()
     for seqs, body in bodies:
@@ -353,7 +363,7 @@ async def post_all(url: str, bodies: list[tuple[list[str], bytes]], concurrency:
     headers = {"Content-Type": "application/json"}
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
 
-        async def client() -> None:
+        async def client(url: str) -> None:
             while not queue.empty():
                 posted, body = queue.get_nowait()
                 while True:
@@ -371,7 +381,7 @@ async def post_all(url: str, bodies: list[tuple[list[str], bytes]], concurrency:
                     load.errors += 1
                     await asyncio.sleep(1)
 
-        await asyncio.gather(*(client() for _ in range(concurrency)))
+        await asyncio.gather(*(client(urls[i % len(urls)]) for i in range(concurrency)))
     return load
 
 

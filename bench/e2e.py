@@ -12,7 +12,8 @@ Figures: alerts/s acknowledged (first post to last answer), alerts/s delivered (
 last alert at the sink), p50/p99 of post → delivery per alert, peak RSS (VmHWM) of the worker,
 the broker and Alertmanager.
 
-    python bench/e2e.py [--alerts 20000] [--groups 1400] [--batch-wait 1] [--profile out.txt]
+    python bench/e2e.py [--alerts 20000] [--groups 1400] [--batch-wait 1] [--workers 1]
+                        [--profile out.txt]
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from common import (
+    FAST_GROUP,
     Alertmanager,
     Load,
     Sink,
@@ -70,7 +72,7 @@ class Figures:
     missing: int = 0
 
 
-def run_load(url: str, sink: Sink, bodies: list[tuple[list[str], bytes]], expected: int,
+def run_load(url: str | list[str], sink: Sink, bodies: list[tuple[list[str], bytes]], expected: int,
              concurrency: int, timeout: float) -> Figures:
     """Post the bodies, wait for the sink to have every alert, and measure."""
     sink.reset()
@@ -92,7 +94,7 @@ def figures(load: Load, arrivals: dict[str, float], expected: int, notifications
     return result
 
 
-def warm_up(url: str, sink: Sink, groups: int, webhook: bool) -> None:
+def warm_up(url: str | list[str], sink: Sink, groups: int, webhook: bool) -> None:
     """A few posts through the whole path, so that connections and caches exist."""
     alerts = make_alerts(WARMUP_ALERTS, max(1, groups // 100), prefix="w")
     encode = webhook_body if webhook else postable_body
@@ -113,28 +115,54 @@ def profiled(pid: int, output: str, seconds: float) -> subprocess.Popen[bytes] |
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
+def settle(workers: list[Worker], urls: list[str], sink: Sink, groups: int,
+           timeout: float = 120.0) -> None:
+    """Warm up until every worker has written groups and delivered notifications, i.e. owns
+    partitions of the router's and the dispatcher's topics; then wait out the groups' last
+    rejoins (a session timeout, twice) and warm up once more."""
+    deadline = time.monotonic() + timeout
+    while True:
+        warm_up(urls, sink, groups, webhook=True)
+        if all(w.metric("nmstream_groups_flushed_total") > 0
+               and w.metric("nmstream_notifications_sent_total") > 0 for w in workers):
+            break
+        if time.monotonic() > deadline:
+            sys.exit(f"the {len(workers)} workers never all took part within {timeout:.0f} s")
+        time.sleep(1.0)
+    time.sleep(2 * float(FAST_GROUP["NMSTREAM_SESSION_TIMEOUT"]))
+    warm_up(urls, sink, groups, webhook=True)
+
+
 def bench_nmstream(args: argparse.Namespace, workdir: Path, sink: Sink,
                    bodies: list[tuple[list[str], bytes]]) -> Figures:
-    """nmstream: broker, worker, warm-up, measured load."""
+    """nmstream: broker, worker(s), warm-up, measured load (with several workers, figures of
+    CPU and RSS are their sums)."""
     write_config(workdir / "config", sink.url, args.batch_wait)
     with EmbeddedBroker() as broker:
         assert broker.process is not None
-        worker = Worker(workdir, broker.url, free_port(), workdir / "config")
+        workers = []
         try:
-            worker.wait_usable()
-            url = f"{worker.base}/api/v2/alerts"
-            warm_up(url, sink, args.groups, webhook=True)
-            spy = profiled(worker.process.pid, args.profile, 30) if args.profile else None
-            cpu = cpu_seconds(worker.process.pid), cpu_seconds(broker.process.pid)
-            result = run_load(url, sink, bodies, args.alerts, args.concurrency, args.timeout)
-            result.cpu = cpu_seconds(worker.process.pid) - cpu[0]
+            for i in range(args.workers):
+                home = workdir / f"worker{i}" if args.workers > 1 else workdir
+                home.mkdir(exist_ok=True)
+                workers.append(Worker(home, broker.url, free_port(), workdir / "config"))
+            for worker in workers:
+                worker.wait_usable()
+            urls = [f"{w.base}/api/v2/alerts" for w in workers]
+            settle(workers, urls, sink, args.groups)
+            pids = [w.process.pid for w in workers]
+            spy = profiled(pids[0], args.profile, 30) if args.profile else None
+            cpu = sum(map(cpu_seconds, pids)), cpu_seconds(broker.process.pid)
+            result = run_load(urls, sink, bodies, args.alerts, args.concurrency, args.timeout)
+            result.cpu = sum(map(cpu_seconds, pids)) - cpu[0]
             result.broker_cpu = cpu_seconds(broker.process.pid) - cpu[1]
-            result.rss = rss_mib(worker.process.pid, "VmHWM")
+            result.rss = sum(rss_mib(pid, "VmHWM") for pid in pids)
             result.broker_rss = rss_mib(broker.process.pid, "VmHWM")
             if spy is not None:
                 spy.wait()
         finally:
-            worker.stop()
+            for worker in workers:
+                worker.stop()
     return result
 
 
@@ -193,15 +221,17 @@ def report(args: argparse.Namespace, nm: Figures, am: Figures | None, top: Figur
     """Print the table."""
     print(f"\nend-to-end benchmark: {args.alerts} alerts in posts of {args.post_size} over "
           f"{args.groups} groups, {args.concurrency} clients, batch wait {args.batch_wait:g} s; "
+          f"{args.workers} nmstream worker{'s' * (args.workers > 1)}; "
           f"everything on {os.cpu_count()} cores")
+    who = "worker" if args.workers == 1 else f"{args.workers} workers"
     rows = [
         ("ingest, alerts/s (acknowledged)", "ingest", ""),
         ("end to end, alerts/s (delivered)", "delivered", ""),
         ("latency post→delivery p50", "p50", " s"),
         ("latency post→delivery p99", "p99", " s"),
-        ("peak RSS, MiB (worker | AM)", "rss", ""),
+        (f"peak RSS, MiB ({who} | AM)", "rss", ""),
         ("peak RSS of the broker, MiB", "broker_rss", ""),
-        ("CPU s, load to last delivery (worker | AM)", "cpu", " cpu"),
+        (f"CPU s, load to last delivery ({who} | AM)", "cpu", " cpu"),
         ("CPU s of the broker", "broker_cpu", " cpu"),
     ]
     print(f"{'':44}{'nmstream':>12}{'Alertmanager':>14}{'nm/AM':>8}{'ceiling':>10}")
@@ -229,6 +259,9 @@ def main() -> int:
     parser.add_argument("--timeout", type=float, default=120.0,
                         help="seconds to wait for every alert at the sink")
     parser.add_argument("--am-group-interval", default="5m")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="nmstream workers (one process each) in one consumer group; the "
+                             "clients spread their connections over them")
     parser.add_argument("--no-alertmanager", action="store_true")
     parser.add_argument("--profile", metavar="FILE",
                         help="record the worker with py-spy for 30 s of the load (raw stacks)")
