@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from nmstream.config.models import NotificationManager, parse_resource
-from nmstream.ingest.models import AlertRecord, WebhookPayload
+from nmstream.ingest.models import AlertRecord, GroupContext, WebhookPayload
 from nmstream.render.engine import LIMITS, Choice, Renderer, TemplateError, choose
 from nmstream.routing.models import AlertGroup, ReceiverRef
 from tests.helpers import payload
@@ -24,7 +24,8 @@ PAYLOADS = ["alert.json", "alert1.json", "alerts-without-namespace.json", "alert
 
 def group_of(name: str, channel: str = "slack") -> AlertGroup:
     parsed = WebhookPayload.model_validate_json(payload(name))
-    records = [AlertRecord.build(a, parsed.context(), "req", NOW) for a in parsed.alerts]
+    context = GroupContext.model_validate_json(payload(name))
+    records = [AlertRecord.build(a, context, "req", NOW) for a in parsed.alerts]
     ref = ReceiverRef(kind="X", name="golden", channel=channel, tenant=None, config_kind="Y",
                       config_name="c", targets={})
     return AlertGroup(group_id="g1", group_labels=parsed.group_labels, receiver=ref,

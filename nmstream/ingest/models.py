@@ -82,16 +82,10 @@ class GroupContext(_Wire):
 
 
 class WebhookPayload(GroupContext):
-    """Alertmanager webhook v4, or notification-manager's minimal sender shape."""
+    """Alertmanager webhook v4, or notification-manager's minimal sender shape: its group
+    context with the alerts."""
 
     alerts: Annotated[list[Alert], Field(min_length=1)]
-
-    def context(self) -> GroupContext:
-        """The group fields without the alerts (validated already: not validated again)."""
-        return GroupContext.model_construct(
-            self.model_fields_set - {"alerts"},
-            **{name: getattr(self, name) for name in GroupContext.model_fields},
-        )
 
 
 PostableAlerts = TypeAdapter(Annotated[list[Alert], Field(min_length=1)])
@@ -132,32 +126,40 @@ class AlertRecord(_Wire):
 _TIMESTAMP = TypeAdapter(datetime)
 _ALERT_JSON = Alert.__pydantic_serializer__
 _STAMPED = {"status", "fingerprint"}
+_ALERTS = {"alerts"}
 _SENDER, _COMPUTED = b',"fingerprint_source":"sender', b',"fingerprint_source":"computed'
 _STATUS = {"firing": b'{"status":"firing",', "resolved": b'{"status":"resolved",'}
+
+
+def _quoted(text: str) -> bytes:
+    """A JSON string: ids and Alertmanager's hex fingerprints as they are, anything else
+    escaped."""
+    if text.isascii() and text.replace("-", "").isalnum():
+        return b'"' + text.encode() + b'"'
+    return json.dumps(text, ensure_ascii=False).encode()
 
 
 def encode_records(
     alerts: list[Alert], group: GroupContext, request_id: str, received_at: datetime
 ) -> list[tuple[bytes, bytes]]:
     """Key and value of each alert's record, the bytes ``AlertRecord.build(...).to_bytes()``
-    gives, but with the request's fields and group serialised once, not once per alert."""
+    gives, but with the request's fields and group serialised once, not once per alert.
+    ``group`` may be the whole :class:`WebhookPayload`: its alerts are left out."""
     middle = b"".join((
-        b'","request_id":', json.dumps(request_id, ensure_ascii=False).encode(),
+        b'","request_id":', _quoted(request_id),
         b',"received_at":', _TIMESTAMP.dump_json(received_at), b',"alert":',
     ))
-    tail = b',"group":' + group.__pydantic_serializer__.to_json(group, by_alias=True) + b"}"
+    group_json = group.__pydantic_serializer__.to_json(group, by_alias=True, exclude=_ALERTS)
+    tail = b',"group":' + group_json + b"}"
     encoded = []
     to_json = _ALERT_JSON.to_json
     for alert in alerts:
         fingerprint = alert.fingerprint or label_fingerprint(alert.labels)
-        key = fingerprint.encode()
-        # Alertmanager's fingerprints are hex: quoted as they are, anything else escaped
-        quoted = (b'"' + key + b'"' if fingerprint.isalnum()
-                  else json.dumps(fingerprint, ensure_ascii=False).encode())
+        quoted = _quoted(fingerprint)
         # the alert with its status and fingerprint stamped: those are its first and last
         # fields, so they are written around the rest instead of copying the model
         rest = to_json(alert, by_alias=True, exclude=_STAMPED)
-        encoded.append((key, b"".join((
+        encoded.append((fingerprint.encode(), b"".join((
             b'{"schema_version":1,"fingerprint":', quoted,
             _SENDER if alert.fingerprint else _COMPUTED, middle,
             _STATUS[alert.effective_status(received_at)], rest[1:-1],

@@ -63,17 +63,21 @@ async def read_body(request: web.Request, limit: int) -> bytes:
     return bytes(body)
 
 
+_NO_GROUP = GroupContext()
+
+
 def parse(body: bytes) -> tuple[GroupContext, list[Any]]:
-    """Webhook v4 / minimal sender object, or a bare JSON array of postable alerts."""
+    """Webhook v4 / minimal sender object (the payload is the group context), or a bare JSON
+    array of postable alerts (no group context)."""
     if not body.strip():
         raise BadRequest(400, "bad_request", {"error": "empty request body"})
     try:
         if body.lstrip()[:1] == b"[":
-            return GroupContext(), PostableAlerts.validate_json(body)
+            return _NO_GROUP, PostableAlerts.validate_json(body)
         payload = WebhookPayload.model_validate_json(body)
     except ValidationError as exc:
         raise BadRequest(400, "bad_request", _validation_body(exc)) from exc
-    return payload.context(), list(payload.alerts)
+    return payload, list(payload.alerts)
 
 
 async def produce(records: list[tuple[bytes, bytes]], alerts: list[Alert],
