@@ -43,17 +43,16 @@ class WebhookNotifier(PooledHttp):
         url = endpoint(spec)
         # the id is the same for every attempt: a receiver can drop what it already has
         headers = {"Content-Type": "application/json", IDEMPOTENCY_HEADER: notification.id}
-        auth = None
         http = spec.http_config
         if http is not None and http.bearer_token is not None:
             headers["Authorization"] = f"Bearer {ctx.secrets.text(http.bearer_token)}"
         if http is not None and http.basic_auth is not None:
             basic = http.basic_auth
             password = ctx.secrets.text(basic.password) if basic.password else ""
-            auth = aiohttp.BasicAuth(basic.username, password)
+            headers["Authorization"] = aiohttp.encode_basic_auth(basic.username, password)
         tls = ssl_context(http.tls_config if http else None, ctx.secrets)
         async with self.session().post(
-            url, data=notification.body.encode(), headers=headers, auth=auth, ssl=tls
+            url, data=notification.body.encode(), headers=headers, ssl=tls
         ) as response:
             text = await response.text(errors="replace")
             return http_verdict(response.status, text, response.headers.get("Retry-After"))
