@@ -81,6 +81,17 @@ async def test_webhook_basic_auth(hook: tuple[Recorder, str]) -> None:
     assert recorder.requests[0][0]["Authorization"] == "Basic YW06cGE1NQ=="
 
 
+async def test_webhook_with_a_bearer_token_and_basic_auth_sends_basic_auth(
+    hook: tuple[Recorder, str],
+) -> None:
+    recorder, url = hook
+    targets = {"url": url, "httpConfig": {
+        "bearerToken": {"name": "s", "key": "bearer"},
+        "basicAuth": {"username": "am", "password": {"name": "s", "key": "pw"}}}}
+    assert await post(targets, {"bearer": "tok-123", "pw": "pa55"}) == Outcome.delivered()
+    assert recorder.requests[0][0]["Authorization"] == "Basic YW06cGE1NQ=="
+
+
 @pytest.mark.parametrize(("status", "headers", "verdict", "retry_after"), [
     (429, {"Retry-After": "7"}, Verdict.RETRYABLE, 7.0),
     (503, {}, Verdict.RETRYABLE, None),
