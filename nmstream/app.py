@@ -2,9 +2,9 @@
 
 Data flow, one package per stage: ``ingest`` (HTTP → ``nmstream-alerts``), ``config``
 (custom resources → ``nmstream-config`` → each worker's receivers view), ``routing``
-(``nmstream-alerts`` → the router: route, dedup, group → ``nmstream-groups``), ``render``
-(groups → ``nmstream-notify-<channel>``), ``channels`` (delivery) and ``ops`` (health,
-readiness, metrics). The topics are in :mod:`nmstream.topics`.
+(``nmstream-alerts`` → the router: route, dedup, group, and ``render`` the groups it flushes →
+``nmstream-notify-<channel>``), ``channels`` (delivery) and ``ops`` (health, readiness,
+metrics). The topics are in :mod:`nmstream.topics`.
 """
 
 from __future__ import annotations

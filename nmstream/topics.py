@@ -60,10 +60,11 @@ def _spec(name: str, *, partitions: int | None = None, compacted: bool = False) 
 
 #: One record per alert, key = fingerprint, partition by group labels (see ingest).
 ALERTS = _spec("alerts")
-#: A flushed group of alerts for one receiver, key = group id, on the partition number of
-#: its alerts (so both topics need the same partition count).
+#: Groups to render again (render dead letters replayed), key = group id.
 GROUPS = _spec("groups")
-#: Rendered notifications per channel, key = notification id; and what failed, per channel.
+#: Rendered notifications per channel, key = notification id, on the partition number of
+#: their group's alerts (so these topics need the partition count of ``nmstream-alerts``);
+#: and what failed, per channel.
 NOTIFY = {c: _spec(f"notify-{c}") for c in CHANNELS}
 DLQ = {c: _spec(f"dlq-{c}") for c in CHANNELS}
 #: Notifications waiting for another attempt, per channel, key = notification id.
@@ -138,14 +139,14 @@ async def send_batched(
 
 
 async def read_window(
-    topic: str,
+    topics: Sequence[str],
     since: float,
     on_record: Callable[[int, float, bytes], None],
     partitions: set[int] | None = None,
 ) -> None:
-    """Feed ``on_record(partition, timestamp, value)`` every record of ``topic`` (of these
-    partitions, default all) written since the Unix time ``since``, up to the end of each
-    partition. Starts by timestamp and stops at the fetch high watermark, and filters by
+    """Feed ``on_record(partition, timestamp, value)`` every record of ``topics`` (of these
+    partition numbers, default all) written since the Unix time ``since``, up to the end of
+    each partition. Starts by timestamp and stops at the fetch high watermark, and filters by
     timestamp too: some brokers answer both questions wrongly (``../shared/notes/broker.md``).
     """
     since_ms = int(since * 1000)
@@ -153,12 +154,15 @@ async def read_window(
                                 enable_auto_commit=False)
     await consumer.start()
     try:
-        if partitions is None:
-            partitions = consumer.partitions_for_topic(topic) or set()
-            if not partitions:
-                await consumer.force_metadata_update()
-                partitions = consumer.partitions_for_topic(topic) or set()
-        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+        tps = []
+        for topic in topics:
+            numbers = partitions
+            if numbers is None:
+                numbers = consumer.partitions_for_topic(topic) or set()
+                if not numbers:
+                    await consumer.force_metadata_update()
+                    numbers = consumer.partitions_for_topic(topic) or set()
+            tps += [TopicPartition(topic, p) for p in sorted(numbers)]
         if not tps:
             return
         consumer.assign(tps)

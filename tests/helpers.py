@@ -124,6 +124,14 @@ def make_worker(broker: EmbeddedBroker, workdir: Path, prefix: str, **env: str) 
     )
 
 
+def cli(broker: EmbeddedBroker, prefix: str, *args: str,
+        timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """Run the ``nmstream`` command against the test's broker and topics."""
+    env = {**os.environ, "NMSTREAM_BROKER": broker.url, "NMSTREAM_TOPIC_PREFIX": prefix}
+    return subprocess.run([sys.executable, "-m", "nmstream", *args], env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
 def read_topic(
     broker: EmbeddedBroker,
     topic: str,

@@ -23,6 +23,7 @@ from nmstream.broker import EmbeddedBroker, free_port
 from tests.helpers import (
     Recorder,
     alerts,
+    cli,
     configured,
     nm,
     read_topic,
@@ -32,14 +33,6 @@ from tests.helpers import (
 )
 
 T0 = datetime(2026, 11, 30, 8, 0, tzinfo=UTC)
-
-
-def nmstream(broker: EmbeddedBroker, prefix: str, *args: str,
-             timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    """Run the ``nmstream`` command against the test's broker and topics."""
-    env = {**os.environ, "NMSTREAM_BROKER": broker.url, "NMSTREAM_TOPIC_PREFIX": prefix}
-    return subprocess.run([sys.executable, "-m", "nmstream", *args], env=env,
-                          capture_output=True, text=True, timeout=timeout)
 
 
 def lines(out: str) -> list[dict[str, Any]]:
@@ -76,7 +69,7 @@ def test_replay_returns_exactly_the_records_of_a_time_range_across_partitions(
     broker: EmbeddedBroker, prefix: str, stamped: str
 ) -> None:
     since, until = T0 + timedelta(seconds=17), T0 + timedelta(seconds=43)
-    result = nmstream(broker, prefix, "replay", "--topic", "sent",
+    result = cli(broker, prefix, "replay", "--topic", "sent",
                       "--from", since.isoformat(), "--to", until.isoformat().replace("+00:00", "Z"))
     assert result.returncode == 0, result.stderr
     got = lines(result.stdout)
@@ -87,7 +80,7 @@ def test_replay_returns_exactly_the_records_of_a_time_range_across_partitions(
     assert got[0]["timestamp"] == since.isoformat()
     assert "26 record(s)" in result.stderr
 
-    only = nmstream(broker, prefix, "replay", "--topic", "sent", "--from", str(T0.timestamp()),
+    only = cli(broker, prefix, "replay", "--topic", "sent", "--from", str(T0.timestamp()),
                     "--tenant", "a", "--receiver", "r0")
     assert only.returncode == 0, only.stderr
     # tenant a = even i, receiver r0 = i divisible by 3: i divisible by 6
@@ -98,7 +91,7 @@ def test_replay_returns_exactly_the_records_of_a_time_range_across_partitions(
 def test_a_range_after_every_record_is_empty(
     broker: EmbeddedBroker, prefix: str, stamped: str
 ) -> None:
-    result = nmstream(broker, prefix, "replay", "--topic", "sent",
+    result = cli(broker, prefix, "replay", "--topic", "sent",
                       "--from", (T0 + timedelta(minutes=5)).isoformat())
     assert result.returncode == 0, result.stderr
     assert result.stdout == ""
@@ -148,7 +141,7 @@ def test_dead_letters_replayed_with_reprocess_are_delivered_once_the_receiver_is
         dead = {r["value"]["notification"]["id"] for r in letters}
 
         Recorder.status["/outage"] = 200  # the receiver is back
-        result = nmstream(broker, prefix, "replay", "--topic", "dlq-webhook",
+        result = cli(broker, prefix, "replay", "--topic", "dlq-webhook",
                           "--from", started.isoformat(), "--receiver", "ops", "--reprocess")
         assert result.returncode == 0, result.stderr
         assert {r["value"]["notification"]["id"] for r in lines(result.stdout)} == dead
@@ -176,10 +169,10 @@ def test_replay_errors_are_clear_messages(broker: EmbeddedBroker, prefix: str) -
         ("--topic", "sent", "--from", "1h", "--reprocess"): "--reprocess: only alerts and dlq",
     }
     for args, message in cases.items():
-        result = nmstream(broker, prefix, "replay", *args)
+        result = cli(broker, prefix, "replay", *args)
         assert result.returncode == 2 and message in result.stderr, (args, result.stderr)
         assert "Traceback" not in result.stderr
-    missing = nmstream(broker, prefix, "replay", "--topic", "sent", "--from", "1h")
+    missing = cli(broker, prefix, "replay", "--topic", "sent", "--from", "1h")
     assert missing.returncode == 2 and "does not exist" in missing.stderr
     env = {**os.environ, "NMSTREAM_BROKER": f"127.0.0.1:{free_port()}"}
     down = subprocess.run([sys.executable, "-m", "nmstream", "replay", "--topic", "sent",

@@ -17,7 +17,15 @@ from kafka.structs import OffsetAndMetadata
 
 from nmstream.broker import EmbeddedBroker
 from nmstream.ingest.models import Alert, AlertRecord, GroupContext, utcnow
-from tests.helpers import EXAMPLES, Worker, make_worker, payload, read_topic, wait_usable
+from tests.helpers import (
+    EXAMPLES,
+    Worker,
+    cli,
+    make_worker,
+    payload,
+    read_topic,
+    wait_usable,
+)
 
 MANAGER = EXAMPLES / "notification-manager.yaml"
 
@@ -160,6 +168,16 @@ def test_a_broken_user_template_goes_to_the_dead_letter_topic(
         assert [a["fingerprint"] for a in letter["group"]["alerts"]] == ["a4c6c4f7a49ca0ae"]
         assert len(notifications(broker, prefix, "email", 1)) == 1  # other channels unharmed
         assert worker.get("/-/healthy").status_code == 200
+        assert notifications(broker, prefix, "webhook", 0, timeout=1) == []
+
+        # the template fixed, the dead letter replayed: rendered with the fixed template
+        (templates / "broken.j2").write_text("fixed: {{ alerts | length }} alert(s)")
+        replay = cli(broker, prefix, "replay", "--topic", "dlq-webhook", "--from", "1h",
+                     "--reprocess")
+        assert replay.returncode == 0 and "re-injected 1 of 1" in replay.stderr, replay.stderr
+        (webhook,) = notifications(broker, prefix, "webhook", 1)
+        assert webhook["body"] == "fixed: 1 alert(s)"
+        assert webhook["fingerprints"] == ["a4c6c4f7a49ca0ae"]
     finally:
         worker.stop()
 
@@ -210,7 +228,7 @@ def test_an_ha_pair_posting_twice_gives_one_notification_even_across_a_restart(
         worker.stop()
 
 
-def test_group_labels_choose_the_partition_of_alerts_and_their_groups(
+def test_group_labels_choose_the_partition_of_alerts_and_their_notifications(
     broker: EmbeddedBroker, tmp_path: Path, prefix: str
 ) -> None:
     directory = config_with(tmp_path, groupLabels=["severity"], batchMaxWait="1s")
@@ -236,11 +254,13 @@ def test_group_labels_choose_the_partition_of_alerts_and_their_groups(
         # among the 4 partitions of NMSTREAM_PARTITIONS' default
         assert r["partition"] == (murmur2(severity.encode()) & 0x7FFFFFFF) % 4
     by_fingerprint = {r["value"]["fingerprint"]: r["partition"] for r in alerts}
-    groups = read_topic(broker, f"{prefix}-groups", 2, settle=0.5)
-    assert len(groups) >= 2
-    for group in groups:
-        assert {by_fingerprint[a["fingerprint"]] for a in group["value"]["alerts"]} == {
-            group["partition"]}
+    # each notification on the partition number of its alerts (the router's dedup state of a
+    # partition is rebuilt from there)
+    written = read_topic(broker, f"{prefix}-notify-webhook", 2, settle=0.5)
+    assert len(written) == 2
+    for notification in written:
+        assert {by_fingerprint[f] for f in notification["value"]["fingerprints"]} == {
+            notification["partition"]}
 
 
 def test_an_upgraded_worker_routes_from_where_the_faust_group_left_off(

@@ -53,7 +53,7 @@ class Delivered:
     async def rebuild(self, sent_topic: str, window: float) -> None:
         """Load the outcomes recorded within the window on ``nmstream-sent``."""
         before = len(self.recorded)
-        await read_window(sent_topic, time.time() - window, self._load)
+        await read_window([sent_topic], time.time() - window, self._load)
         log.info("delivered table rebuilt from %s: %d outcomes (%d new)", sent_topic,
                  len(self.recorded), len(self.recorded) - before)
 

@@ -1,7 +1,10 @@
-"""Render: each flushed group → its notifications on ``nmstream-notify-<channel>``.
+"""Render: flushed groups → their notifications on ``nmstream-notify-<channel>``.
 
-Templates follow notification-manager's precedence (see :func:`choose`); a template that fails
-sends the group to ``nmstream-dlq-<channel>`` with the error and never stops the stage.
+The router renders the groups it flushes (:func:`write_notifications`); the render stage
+renders what reaches ``nmstream-groups``: groups of render dead letters replayed once their
+template is fixed. Templates follow notification-manager's precedence (see :func:`choose`); a
+template that fails sends the group to ``nmstream-dlq-<channel>`` with the error and never stops
+the stage.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ import asyncio
 import logging
 import time
 from collections import defaultdict
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -70,9 +74,41 @@ def notifications(group: AlertGroup, receiver: Any = None) -> list[Notification]
     return out
 
 
+def _numbers(numbers: list[int]) -> Callable[[int, int], int]:
+    """The partition chooser of :func:`send_batched`: record ``i`` to ``numbers[i]``."""
+    return lambda i, count: numbers[i] % count
+
+
+async def write_notifications(groups: Sequence[tuple[AlertGroup, int]]) -> None:
+    """Render ``(group, partition)`` pairs and write the notifications of each group to that
+    partition number of ``nmstream-notify-<channel>`` (one record batch per partition), a group
+    whose template fails to ``nmstream-dlq-<channel>``; returns once Kafka has them all."""
+    now_ms = int(time.time() * 1000)
+    out: dict[str, list[tuple[int, tuple[bytes, bytes, int]]]] = defaultdict(list)
+    futures: list[Awaitable[Any]] = []
+    for group, partition in groups:
+        channel = group.receiver.channel
+        try:
+            rendered = notifications(group)
+        except Exception as exc:  # a template's error, or a bug: never a lost group
+            RENDER_FAILURES.labels(channel=channel).inc()
+            log.log(logging.WARNING if isinstance(exc, TemplateError) else logging.ERROR,
+                    "group %s for %s: %s", group.group_id, group.receiver.key, exc)
+            letter = DeadLetter(stage="render", channel=channel, error=str(exc),
+                                group=group, failed_at=utcnow())
+            futures.append(await dlq_topics[channel].send(key=group.group_id.encode(),
+                                                          value=letter.to_bytes()))
+            continue
+        out[channel] += [(partition, (n.id.encode(), n.to_bytes(), now_ms)) for n in rendered]
+    for channel, notes in out.items():
+        futures += await send_batched(NOTIFY[channel].name, [record for _, record in notes],
+                                      partition=_numbers([number for number, _ in notes]))
+        NOTIFICATIONS_RENDERED.labels(channel=channel).inc(len(notes))
+    await asyncio.gather(*futures)
+
+
 class Render(Stage):
-    """Groups → notifications (or a dead letter when a group's template fails), a fetched
-    batch at a time, the notifications written as one record batch per partition."""
+    """Groups of ``nmstream-groups`` → notifications, a fetched batch at a time."""
 
     #: Small batches: a batch's notifications leave when all of them are rendered.
     fetch_records = 200
@@ -82,31 +118,13 @@ class Render(Stage):
 
     async def handle(self, batches: Batches) -> None:
         """Render every group of the batch and wait until Kafka has the notifications."""
-        now_ms = int(time.time() * 1000)
-        out: dict[str, list[tuple[bytes, bytes, int]]] = defaultdict(list)
-        for records in batches.values():
+        groups = []
+        for tp, records in batches.items():
             for record in records:
                 group = decode(AlertGroup, record.value, GROUPS.name) if record.value else None
-                if group is None:
-                    continue
-                channel = group.receiver.channel
-                try:
-                    rendered = notifications(group)
-                except Exception as exc:  # a template's error, or a bug: never a lost group
-                    RENDER_FAILURES.labels(channel=channel).inc()
-                    log.log(logging.WARNING if isinstance(exc, TemplateError) else logging.ERROR,
-                            "group %s for %s: %s", group.group_id, group.receiver.key, exc)
-                    letter = DeadLetter(stage="render", channel=channel, error=str(exc),
-                                        group=group, failed_at=utcnow())
-                    await dlq_topics[channel].send(key=group.group_id.encode(),
-                                                   value=letter.to_bytes())
-                    continue
-                out[channel] += [(n.id.encode(), n.to_bytes(), now_ms) for n in rendered]
-        futures = []
-        for channel, notes in out.items():
-            futures += await send_batched(NOTIFY[channel].name, notes)
-            NOTIFICATIONS_RENDERED.labels(channel=channel).inc(len(notes))
-        await asyncio.gather(*futures)
+                if group is not None:
+                    groups.append((group, tp.partition))
+        await write_notifications(groups)
 
 
 @app.service

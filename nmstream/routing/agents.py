@@ -1,4 +1,4 @@
-"""Route and group: ``nmstream-alerts`` → ``nmstream-groups``, in one stage.
+"""Route, group and render: ``nmstream-alerts`` → ``nmstream-notify-<channel>``, in one stage.
 
 Ingest writes every alert to the partition of its group labels (:func:`group_partition`), so
 each group of every receiver lives on one partition of ``nmstream-alerts``. The router reads
@@ -9,18 +9,19 @@ that topic in batches with its own consumer group (``<app id>-route``) and, per 
 - drops a repeat within ``dedupWindow`` (see :mod:`nmstream.routing.dedup`): a
   ``deduplicated`` outcome;
 - adds it to its receiver's group (by the NotificationManager's ``groupLabels``), which is
-  written to ``nmstream-groups`` when it holds ``batchMaxSize`` alerts or ``batchMaxWait``
-  after its oldest alert was received.
+  rendered (:mod:`nmstream.render`) and its notifications written to
+  ``nmstream-notify-<channel>`` when it holds ``batchMaxSize`` alerts or ``batchMaxWait``
+  after its oldest alert was received. Rendering where the group is flushed spares every
+  group a topic hop (an encoding, a write, a read and a decoding).
 
-It is a :class:`~nmstream.stage.Stage`: offsets are never committed past an alert whose group
-is not yet in Kafka, so after a crash or a rebalance the owner of the partition reads the
-pending alerts again and rebuilds their groups. No table state is needed (and none can be
-lost).
+It is a :class:`~nmstream.stage.Stage`: offsets are never committed past an alert whose
+notifications are not yet in Kafka, so after a crash or a rebalance the owner of the partition
+reads the pending alerts again and rebuilds their groups. No table state is needed (and none
+can be lost).
 """
 
 from __future__ import annotations
 
-import asyncio
 import heapq
 import itertools
 import logging
@@ -44,12 +45,13 @@ from nmstream.metrics import (
     ALERTS_UNROUTED,
     GROUPS_FLUSHED,
 )
+from nmstream.render.agents import write_notifications
 from nmstream.render.models import SentRecord
 from nmstream.routing.batching import Batching, batching
 from nmstream.routing.dedup import Dedup
 from nmstream.routing.models import AlertGroup, ReceiverRef, decode, group_id
 from nmstream.stage import Batches, Stage, StageService
-from nmstream.topics import ALERTS, GROUPS, send_batched
+from nmstream.topics import ALERTS, NOTIFY
 
 log = logging.getLogger(__name__)
 
@@ -126,7 +128,7 @@ class Pending:
             self.record, self.due = newer.record, newer.due
 
     def to_group(self) -> AlertGroup:
-        """The record written to ``nmstream-groups``."""
+        """The group as templates (and render dead letters) see it."""
         return AlertGroup(
             group_id=self.group_id,
             group_labels=self.group_labels,
@@ -149,7 +151,8 @@ class Router(Stage):
         #: timer is not its group's current one is stale and skipped.
         self.timers: list[tuple[float, int, str]] = []
         self._timer_ids = itertools.count()
-        #: Groups being written: their alerts are not committed until Kafka has them.
+        #: Groups being written: their alerts are not committed until Kafka has their
+        #: notifications.
         self.writing: set[Pending] = set()
         self.dedup = Dedup()
 
@@ -235,19 +238,13 @@ class Router(Stage):
             await self.write(due)
 
     async def write(self, groups: list[Pending]) -> None:
-        """Write groups to ``nmstream-groups`` (to the partition of their alerts, where the
-        dedup state is rebuilt from) and wait for Kafka; groups Kafka did not take go back to
-        pending, merged with what arrived for them meanwhile, for the next tick."""
+        """Render groups and write their notifications (to the partition number of their
+        alerts, where the dedup state is rebuilt from) and wait for Kafka; groups Kafka did not
+        take go back to pending, merged with what arrived for them meanwhile, for the next tick
+        (a notification written twice has the same id, and is delivered once)."""
         self.writing.update(groups)
         try:
-            values = [g.to_group().to_bytes() for g in groups]
-            now_ms = int(time.time() * 1000)
-            futures = await send_batched(
-                GROUPS.name, [(g.group_id.encode(), v, now_ms) for g, v in zip(groups, values,
-                                                                                strict=True)],
-                partition=lambda i, n: groups[i].partition % n,
-            )
-            await asyncio.gather(*futures)
+            await write_notifications([(g.to_group(), g.partition) for g in groups])
         except Exception as exc:  # Kafka failed: keep the groups, retry on the next tick
             log.warning("cannot write %d groups (%s); retrying", len(groups), exc)
             for group in groups:
@@ -278,7 +275,8 @@ class Router(Stage):
     async def assigned(self, partitions: set[TopicPartition]) -> None:
         """Load what was sent within the window for the partitions this worker now owns."""
         try:
-            await self.dedup.rebuild(GROUPS.name, {tp.partition for tp in partitions},
+            await self.dedup.rebuild([spec.name for spec in NOTIFY.values()],
+                                     {tp.partition for tp in partitions},
                                      batching().dedup_window)
         except Exception as exc:  # Kafka trouble: start empty (a repeat may be sent, none lost)
             log.warning("cannot rebuild dedup state (%s); starting empty", exc)

@@ -2,8 +2,9 @@
 ``dedupWindow`` is sent once — what Alertmanager HA pairs otherwise produce twice.
 
 The state is a table kept in memory per partition of ``nmstream-alerts`` and expired after the
-window. It is rebuilt when a partition is assigned from the last window of ``nmstream-groups``:
-the router writes the groups of partition P of one to partition P of the other. Rebuilding from
+window. It is rebuilt when a partition is assigned from the last window of the
+``nmstream-notify-<channel>`` topics: the router writes the notifications of the groups of
+partition P of one to partition P of the others. Rebuilding from
 the topic by timestamp avoids trusting the broker's end offsets (see
 ``../shared/notes/broker.md``). An alert that was routed but not yet flushed when a worker died
 is *not* in the rebuilt state, so its replay is accepted.
@@ -13,9 +14,12 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from nmstream.routing.models import AlertGroup
+from pydantic import ValidationError
+
+from nmstream.render.models import Notification
 from nmstream.topics import read_window
 
 log = logging.getLogger(__name__)
@@ -75,18 +79,22 @@ class Dedup:
         for key in [k for k in self.seen if k[0] in partitions]:
             del self.seen[key]
 
-    async def rebuild(self, groups_topic: str, partitions: set[int], window: float) -> None:
-        """Load what was flushed within the window from ``nmstream-groups``."""
+    async def rebuild(self, notify_topics: Sequence[str], partitions: set[int],
+                      window: float) -> None:
+        """Load what was written within the window to ``nmstream-notify-<channel>``."""
         if window <= 0 or not partitions:
             return
-        await read_window(groups_topic, time.time() - window, self._load, partitions)
+        await read_window(notify_topics, time.time() - window, self._load, partitions)
         log.info("dedup state rebuilt for partitions %s: %d entries", sorted(partitions),
                  len(self.seen))
 
     def _load(self, partition: int, at: float, value: bytes) -> None:
-        group = AlertGroup.model_validate_json(value)
-        for alert in group.alerts:
-            key = (partition, group.receiver.key, alert.fingerprint)
+        try:
+            notification = Notification.model_validate_json(value)
+        except ValidationError:
+            return
+        for fingerprint, status in notification.statuses.items():
+            key = (partition, notification.receiver.key, fingerprint)
             last = self.seen.get(key)
             if last is None or last.at <= at:
-                self.seen[key] = Seen(alert.status or "firing", at)
+                self.seen[key] = Seen(status, at)
