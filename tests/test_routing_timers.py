@@ -1,14 +1,21 @@
-"""The router's group timers: groups are written when due, once, soonest first, without a
-broker (``write`` is recorded instead of sent)."""
+"""The router's group timers: groups are written when due, once, soonest first; and a write
+Kafka refused is tried again. Without a broker: writes are recorded instead of sent."""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from datetime import UTC, datetime
 
+import pytest
+from aiokafka import TopicPartition
+from aiokafka.errors import KafkaTimeoutError
+
 from nmstream.ingest.models import Alert, AlertRecord, GroupContext
+from nmstream.routing import agents
 from nmstream.routing.agents import Pending, Router
-from nmstream.routing.models import ReceiverRef
+from nmstream.routing.models import AlertGroup, ReceiverRef
+from nmstream.topics import ALERTS
 
 REF = ReceiverRef(kind="Receiver", name="hook", channel="webhook", tenant=None,
                   config_kind="Config", config_name="default", targets={})
@@ -26,8 +33,8 @@ class RecordingRouter(Router):
         self.written.append([g.group_id for g in groups])
 
 
-def record(name: str, received: float) -> AlertRecord:
-    return AlertRecord.build(Alert(labels={"alertname": name}), GroupContext(), "req",
+def record(name: str, received: float, **labels: str) -> AlertRecord:
+    return AlertRecord.build(Alert(labels={"alertname": name, **labels}), GroupContext(), "req",
                              datetime.fromtimestamp(received, UTC))
 
 
@@ -85,3 +92,32 @@ def test_stale_timers_stay_bounded() -> None:
     assert len(router.timers) <= 1025
     pend(router, "kept", 2000)
     assert flush(router, 9000) == ["kept"]
+
+
+def test_groups_kafka_refused_are_written_again_with_what_arrived_meanwhile(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    router = Router()
+    written: list[list[tuple[str, int, list[str]]]] = []
+    first = pend(router, "g", 1000, offset=3)
+
+    async def refused_once(groups: Sequence[tuple[AlertGroup, int]]) -> None:
+        written.append([(g.group_id, p, sorted(a.labels.get("pod", "") for a in g.alerts))
+                        for g, p in groups])
+        if len(written) == 1:
+            # its alerts stay uncommitted while it is on its way...
+            assert list(router.held()) == [(TopicPartition(ALERTS.name, 0), 3)]
+            # ...and an alert of the same group arrives meanwhile
+            newer = router.pending["g"] = Pending("g", REF, {}, 0, record("g", 1005), 1015)
+            router.schedule(newer)
+            newer.add(record("g", 1005, pod="2"), 0, 9, WAIT)
+            raise KafkaTimeoutError
+
+    monkeypatch.setattr(agents, "write_notifications", refused_once)
+    asyncio.run(router.flush_due(1010))
+    assert router.pending["g"] is first and not router.writing
+    assert sorted(a.labels.get("pod", "") for a in first.alerts.values()) == ["", "2"]
+    assert first.offsets == {0: 3} and first.due == 1010
+    asyncio.run(router.flush_due(1010.02))  # the next tick
+    assert written == [[("g", 0, [""])], [("g", 0, ["", "2"])]]
+    assert router.pending == {} and list(router.held()) == []
