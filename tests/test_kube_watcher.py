@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+import urllib3
 
 from nmstream.config.events import ResourceEvent
 from nmstream.config.kube import KubeWatcher, api_client_for
@@ -151,6 +152,18 @@ async def test_gone_410_relists_and_reports_what_changed_meanwhile(
     assert [e.key for e in deleted] == ["EmailReceiver//global-email"]
     await asyncio.sleep(1)
     assert len(server.watch_requests()) < 60, "watcher busy-loops"
+
+
+async def test_stop_right_after_a_watch_ended_is_quiet(server: KubeServer) -> None:
+    """A watch whose stream just ended gave its connection back before its reader forgot it:
+    stopping then has nothing to interrupt, and must not fail (a race the suite once hit)."""
+    watcher = KubeWatcher(api_client_for(server.url), Folded())
+    ended = urllib3.PoolManager().request("GET", f"{server.url}/api/v1/secrets",
+                                          preload_content=False)
+    ended.read()
+    ended.release_conn()
+    watcher._responses.add(ended)
+    await watcher.stop()
 
 
 async def test_open_watch_expiring_relists(

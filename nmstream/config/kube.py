@@ -13,6 +13,7 @@ resourceVersion once and cannot be interrupted), so ``stop()`` returns at once.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import random
@@ -75,6 +76,13 @@ class _KindState:
 
     known: dict[str, dict[str, Any]] = field(default_factory=dict)
     version: str | None = None
+
+
+def _shut(response: Any) -> None:
+    """Interrupt a blocked read of a watch; one whose stream just ended has already given its
+    connection back (urllib3 then refuses), and needs no interrupting."""
+    with contextlib.suppress(RuntimeError, ValueError, OSError):
+        response.shutdown()
 
 
 class KubeWatcher:
@@ -188,7 +196,7 @@ class KubeWatcher:
         with self._lock:
             self._responses.add(response)
             if self._stop.is_set():  # stop() ran between the request and now
-                response.shutdown()
+                _shut(response)
         try:
             for line in iter_resp_lines(response):  # type: ignore[no-untyped-call]
                 if self._stop.is_set() or not line:
@@ -278,4 +286,4 @@ class KubeWatcher:
         with self._lock:
             responses = list(self._responses)
         for response in responses:
-            response.shutdown()
+            _shut(response)
