@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import signal
+import time
 from pathlib import Path
 
 import yaml
@@ -19,6 +20,7 @@ from tests.helpers import (
     receivers,
     usable,
     wait_for,
+    wait_until,
     wait_usable,
 )
 
@@ -46,6 +48,9 @@ def test_examples_become_the_view_and_follow_edits(
         assert by_name["global-webhook-receiver"]["problem"] is None
         assert "example-password" not in str(body)
         assert names(receivers(worker, "kube-system")) == {"kube-system-slack-receiver"}
+        # receivers read before their Secrets at start were never reported broken
+        time.sleep(1.0)  # the view reports half a second after the last change
+        assert "cannot send" not in worker.log_text()
 
         # add a file
         (directory / "team.yaml").write_text(yaml.safe_dump({
@@ -81,8 +86,8 @@ def test_examples_become_the_view_and_follow_edits(
         problems = {r["name"]: r["problem"] for r in body["receivers"] if r["problem"]}
         assert problems == {"kube-system-slack-receiver": "secret kubesphere-monitoring-system/"
                                                           "default-slack-secret not found"}
-        assert "receiver SlackReceiver/kube-system-slack-receiver cannot send" in (
-            worker.log_text())
+        wait_until(lambda: "receiver SlackReceiver/kube-system-slack-receiver cannot send" in (
+            worker.log_text()), "the missing secret logged")
         (directory / "secrets.yaml").write_text(secrets)
         wait_for(worker, lambda b: not any(r["problem"] for r in b["receivers"]))
 

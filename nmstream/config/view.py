@@ -197,7 +197,8 @@ class ConfigReader:
         self.synced = asyncio.Event()
 
     async def run(self) -> None:
-        """Read forever; ``synced`` is set once every partition reached its high watermark."""
+        """Read forever; ``synced`` is set once every partition reached its high watermark.
+        Receivers that cannot send are logged when no change came for half a second."""
         consumer = AIOKafkaConsumer(
             bootstrap_servers=self.bootstrap, group_id=None, enable_auto_commit=False
         )
@@ -212,13 +213,19 @@ class ConfigReader:
             tps = [TopicPartition(self.topic, p) for p in sorted(partitions)]
             consumer.assign(tps)
             await consumer.seek_to_beginning(*tps)
+            changed = False
             while True:
                 batches = await consumer.getmany(*tps, timeout_ms=500)
                 for records in batches.values():
                     for record in records:
                         self.view.apply(record.key.decode(), record.value)
+                # reported once the changes stop coming: a receiver read before its Secret
+                # (a source publishing every resource at start) is not reported broken
                 if batches:
+                    changed = True
+                elif changed:
                     self.view.report()
+                    changed = False
                 if not self.synced.is_set() and await _caught_up(consumer, tps):
                     self.synced.set()
         finally:
