@@ -81,7 +81,7 @@ class _KindState:
 def _shut(response: Any) -> None:
     """Interrupt a blocked read of a watch; one whose stream just ended has already given its
     connection back (urllib3 then refuses), and needs no interrupting."""
-    with contextlib.suppress(RuntimeError, ValueError, OSError):
+    with contextlib.suppress(RuntimeError, OSError):
         response.shutdown()
 
 

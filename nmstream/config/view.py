@@ -189,6 +189,10 @@ class ReceiverState:
     problem: str
 
 
+#: Seconds between reports of the receivers that cannot send while changes keep coming.
+REPORT_INTERVAL = 5.0
+
+
 class ConfigReader:
     """Follows ``nmstream-config`` from the beginning with a group-less consumer."""
 
@@ -198,7 +202,8 @@ class ConfigReader:
 
     async def run(self) -> None:
         """Read forever; ``synced`` is set once every partition reached its high watermark.
-        Receivers that cannot send are logged when no change came for half a second."""
+        Receivers that cannot send are logged when no change came for half a second, and every
+        :data:`REPORT_INTERVAL` while changes keep coming."""
         consumer = AIOKafkaConsumer(
             bootstrap_servers=self.bootstrap, group_id=None, enable_auto_commit=False
         )
@@ -213,19 +218,20 @@ class ConfigReader:
             tps = [TopicPartition(self.topic, p) for p in sorted(partitions)]
             consumer.assign(tps)
             await consumer.seek_to_beginning(*tps)
-            changed = False
+            loop = asyncio.get_running_loop()
+            changed, reported = False, loop.time()
             while True:
                 batches = await consumer.getmany(*tps, timeout_ms=500)
                 for records in batches.values():
                     for record in records:
                         self.view.apply(record.key.decode(), record.value)
-                # reported once the changes stop coming: a receiver read before its Secret
-                # (a source publishing every resource at start) is not reported broken
-                if batches:
-                    changed = True
-                elif changed:
+                changed = changed or bool(batches)
+                # reported once the changes stop coming (a receiver read before its Secret, as
+                # a source publishes every resource at start, is not reported broken), or
+                # every REPORT_INTERVAL while they keep coming
+                if changed and (not batches or loop.time() - reported > REPORT_INTERVAL):
                     self.view.report()
-                    changed = False
+                    changed, reported = False, loop.time()
                 if not self.synced.is_set() and await _caught_up(consumer, tps):
                     self.synced.set()
         finally:

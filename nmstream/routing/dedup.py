@@ -4,10 +4,9 @@
 The state is a table kept in memory per partition of ``nmstream-alerts`` and expired after the
 window. It is rebuilt when a partition is assigned from the last window of the
 ``nmstream-notify-<channel>`` topics: the router writes the notifications of the groups of
-partition P of one to partition P of the others. Rebuilding from
-the topic by timestamp avoids trusting the broker's end offsets (see
-``../shared/notes/broker.md``). An alert that was routed but not yet flushed when a worker died
-is *not* in the rebuilt state, so its replay is accepted.
+partition P of one to partition P of the others. Rebuilding from the topics by timestamp avoids
+trusting the broker's end offsets (see ``../shared/notes/broker.md``). An alert that was routed
+but not yet flushed when a worker died is *not* in the rebuilt state, so its replay is accepted.
 """
 
 from __future__ import annotations
