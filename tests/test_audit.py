@@ -70,7 +70,7 @@ def test_replay_returns_exactly_the_records_of_a_time_range_across_partitions(
 ) -> None:
     since, until = T0 + timedelta(seconds=17), T0 + timedelta(seconds=43)
     result = cli(broker, prefix, "replay", "--topic", "sent",
-                      "--from", since.isoformat(), "--to", until.isoformat().replace("+00:00", "Z"))
+                 "--from", since.isoformat(), "--to", until.isoformat().replace("+00:00", "Z"))
     assert result.returncode == 0, result.stderr
     got = lines(result.stdout)
     # [17 s, 43 s): records 17..42, from all four partitions, in time order
@@ -81,7 +81,7 @@ def test_replay_returns_exactly_the_records_of_a_time_range_across_partitions(
     assert "26 record(s)" in result.stderr
 
     only = cli(broker, prefix, "replay", "--topic", "sent", "--from", str(T0.timestamp()),
-                    "--tenant", "a", "--receiver", "r0")
+               "--tenant", "a", "--receiver", "r0")
     assert only.returncode == 0, only.stderr
     # tenant a = even i, receiver r0 = i divisible by 3: i divisible by 6
     assert [r["value"]["notification_id"] for r in lines(only.stdout)] == [
@@ -92,7 +92,7 @@ def test_a_range_after_every_record_is_empty(
     broker: EmbeddedBroker, prefix: str, stamped: str
 ) -> None:
     result = cli(broker, prefix, "replay", "--topic", "sent",
-                      "--from", (T0 + timedelta(minutes=5)).isoformat())
+                 "--from", (T0 + timedelta(minutes=5)).isoformat())
     assert result.returncode == 0, result.stderr
     assert result.stdout == ""
 
@@ -142,7 +142,7 @@ def test_dead_letters_replayed_with_reprocess_are_delivered_once_the_receiver_is
 
         Recorder.status["/outage"] = 200  # the receiver is back
         result = cli(broker, prefix, "replay", "--topic", "dlq-webhook",
-                          "--from", started.isoformat(), "--receiver", "ops", "--reprocess")
+                     "--from", started.isoformat(), "--receiver", "ops", "--reprocess")
         assert result.returncode == 0, result.stderr
         assert {r["value"]["notification"]["id"] for r in lines(result.stdout)} == dead
         assert "re-injected 2 of 2" in result.stderr
