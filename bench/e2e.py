@@ -151,7 +151,7 @@ def bench_nmstream(args: argparse.Namespace, workdir: Path, sink: Sink,
             urls = [f"{w.base}/api/v2/alerts" for w in workers]
             settle(workers, urls, sink, args.groups)
             pids = [w.process.pid for w in workers]
-            spy = profiled(pids[0], args.profile, 30) if args.profile else None
+            spy = profiled(pids[0], args.profile, args.batch_wait + 2) if args.profile else None
             cpu = sum(map(cpu_seconds, pids)), cpu_seconds(broker.process.pid)
             result = run_load(urls, sink, bodies, args.alerts, args.concurrency, args.timeout)
             result.cpu = sum(map(cpu_seconds, pids)) - cpu[0]

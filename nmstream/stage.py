@@ -20,6 +20,7 @@ import asyncio
 import logging
 from collections import Counter
 from collections.abc import Iterable, Sequence
+from typing import Generic, TypeVar
 
 import mode
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
@@ -32,6 +33,46 @@ from nmstream.config.agents import state
 log = logging.getLogger(__name__)
 
 Batches = dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]
+
+T = TypeVar("T")
+
+
+class ReadBack(Generic[T]):
+    """Records this worker wrote for a stage of its own, decoded, by their exact bytes.
+
+    The stage reads every record from Kafka as usual; for one whose bytes were written here it
+    takes the object kept instead of parsing them again (the same bytes decode to an equal
+    object). Only records of partitions the stage owns are kept, each until it is read back
+    or, oldest first, once ``limit`` are kept; losing partitions forgets them all.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        #: Partition numbers the stage owns.
+        self.owned: set[int] = set()
+        self._kept: dict[bytes, T] = {}
+
+    def keep(self, partition: int, value: bytes, decoded: T) -> None:
+        """Keep what ``value`` decodes to, when it goes to a partition the stage owns."""
+        if partition in self.owned:
+            kept = self._kept
+            kept[value] = decoded
+            if len(kept) > self.limit:
+                del kept[next(iter(kept))]
+
+    def take(self, value: bytes) -> T | None:
+        """What a record with these bytes decodes to, if kept (then forgotten)."""
+        return self._kept.pop(value, None)
+
+    def own(self, partitions: set[int]) -> None:
+        """The stage now owns these partitions too."""
+        self.owned |= partitions
+
+    def disown(self, partitions: set[int]) -> None:
+        """The stage no longer owns these partitions: forget everything kept."""
+        self.owned -= partitions
+        self._kept.clear()
+
 
 #: Every stage of this worker (for the lag metric).
 stages: list[Stage] = []

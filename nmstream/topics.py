@@ -18,7 +18,6 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.partitioner import DefaultPartitioner
 
 from nmstream.app import app, settings
 from nmstream.config.models import CHANNELS
@@ -93,31 +92,30 @@ retry_topics = {c: raw_topic(spec) for c, spec in RETRY.items()}
 sent_topic = raw_topic(SENT)
 
 
-_partitioner = DefaultPartitioner()
+async def partition_count(topic: str) -> int:
+    """How many partitions the producer knows ``topic`` to have."""
+    faust_producer: Any = app.producer
+    return len(await faust_producer._ensure_producer().partitions_for(topic))
 
 
 async def send_batched(
     topic: str,
     records: Sequence[tuple[bytes, bytes, int]],
-    partition: Callable[[int, int], int] | None = None,
+    numbers: Sequence[int],
 ) -> list[asyncio.Future[Any]]:
     """Queue ``(key, value, timestamp_ms)`` records as one record batch per partition (split
     where a batch is full) and return the batches' acknowledgement futures.
 
-    ``partition(i, count)`` chooses the partition of record ``i``; by default it is chosen as
-    ``Topic.send`` chooses it (the default partitioner over the key). Many records cost a few
-    batches instead of one Faust message, aiokafka message and future per record; a few
-    (:data:`SMALL_SEND`) join the batches being filled, so that small posts arriving together
-    leave together.
+    ``numbers[i]`` is the partition of record ``i`` (see :func:`partition_count`). Many records
+    cost a few batches instead of one Faust message, aiokafka message and future per record; a
+    few (:data:`SMALL_SEND`) join the batches being filled, so that small posts arriving
+    together leave together.
     """
     faust_producer: Any = app.producer
     producer = faust_producer._ensure_producer()
-    partitions = sorted(await producer.partitions_for(topic))
     by_partition: dict[int, list[tuple[bytes, bytes, int]]] = {}
-    for i, record in enumerate(records):
-        chosen = (_partitioner(record[0], partitions, partitions) if partition is None
-                  else partition(i, len(partitions)))
-        by_partition.setdefault(chosen, []).append(record)
+    for number, record in zip(numbers, records, strict=True):
+        by_partition.setdefault(number, []).append(record)
     futures = []
     if len(records) <= SMALL_SEND:  # join the batches being filled, with other senders
         for number, batch_records in by_partition.items():

@@ -50,10 +50,12 @@ def test_the_fast_encoder_writes_exactly_the_alert_records(name: str) -> None:
     context = GroupContext.model_validate_json(payload(name))  # the fields but the alerts
     expected = [AlertRecord.build(a, context, "req-1", NOW) for a in parsed.alerts]
     # ingest passes the whole payload as the group: its alerts must be left out
-    assert encode_records(parsed.alerts, parsed, "req-1", NOW) == [
+    encoded = encode_records(parsed.alerts, parsed, "req-1", NOW)
+    assert [(key, value) for key, value, _ in encoded] == [
         (r.fingerprint.encode(), r.to_bytes()) for r in expected]
-    assert [AlertRecord.model_validate_json(v) for _, v in
-            encode_records(parsed.alerts, parsed, "req-1", NOW)] == expected
+    assert [AlertRecord.model_validate_json(v) for _, v, _ in encoded] == expected
+    # what the router is handed is what it would decode
+    assert [received for _, _, received in encoded] == [r.received() for r in expected]
 
 
 def test_the_fast_encoder_escapes_fingerprints_that_are_not_hex() -> None:
@@ -61,8 +63,11 @@ def test_the_fast_encoder_escapes_fingerprints_that_are_not_hex() -> None:
     alerts = [Alert(labels={"alertname": "A", "n": str(i)}, fingerprint=fp, status=status)
               for i, fp in enumerate(odd) for status in ("firing", "resolved")]
     expected = [AlertRecord.build(a, GroupContext(), "req", NOW) for a in alerts]
-    assert encode_records(alerts, GroupContext(), "req", NOW) == [
+    encoded = encode_records(alerts, GroupContext(), "req", NOW)
+    assert [(key, value) for key, value, _ in encoded] == [
         (r.fingerprint.encode(), r.to_bytes()) for r in expected]
+    assert [received for _, _, received in encoded] == [
+        AlertRecord.model_validate_json(value).received() for _, value, _ in encoded]
     assert [r.fingerprint for r in expected] == [fp for fp in odd for _ in range(2)]
 
 

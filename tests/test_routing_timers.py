@@ -11,7 +11,7 @@ import pytest
 from aiokafka import TopicPartition
 from aiokafka.errors import KafkaTimeoutError
 
-from nmstream.ingest.models import Alert, AlertRecord, GroupContext
+from nmstream.ingest.models import Alert, AlertRecord, GroupContext, Received
 from nmstream.routing import agents
 from nmstream.routing.agents import Pending, Router
 from nmstream.routing.models import AlertGroup, ReceiverRef
@@ -33,9 +33,9 @@ class RecordingRouter(Router):
         self.written.append([g.group_id for g in groups])
 
 
-def record(name: str, received: float, **labels: str) -> AlertRecord:
+def record(name: str, received: float, **labels: str) -> Received:
     return AlertRecord.build(Alert(labels={"alertname": name, **labels}), GroupContext(), "req",
-                             datetime.fromtimestamp(received, UTC))
+                             datetime.fromtimestamp(received, UTC)).received()
 
 
 def pend(router: Router, gid: str, received: float, offset: int = 0) -> Pending:

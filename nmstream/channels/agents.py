@@ -56,10 +56,14 @@ from nmstream.metrics import (
 )
 from nmstream.render.models import DeadLetter, Notification, SentRecord
 from nmstream.routing.models import decode
-from nmstream.stage import Batches, Stage, StageService
+from nmstream.stage import Batches, ReadBack, Stage, StageService
 from nmstream.topics import NOTIFY, RETRY, SENT, dlq_topics, retry_topics
 
 log = logging.getLogger(__name__)
+
+#: Notifications the router keeps for the dispatcher, per channel
+#: (:class:`~nmstream.stage.ReadBack`).
+READ_BACK_NOTIFICATIONS = 2_000
 
 secret_store = SecretStore(settings.namespace)
 delivered = Delivered()
@@ -194,15 +198,21 @@ class Dispatch(Stage):
         self.holding: dict[TopicPartition, set[int]] = {}
         #: Per partition, bumped when it is revoked: what was queued before is dropped.
         self.generation: dict[TopicPartition, int] = {}
+        #: Per topic, what the router of this worker wrote to the partitions this one owns.
+        self.read_back: dict[str, ReadBack[Notification]] = {
+            spec.name: ReadBack(READ_BACK_NOTIFICATIONS) for spec in NOTIFY.values()
+        }
 
     async def handle(self, batches: Batches) -> None:
         """Queue the notifications; pause the channels whose queue is full."""
         for tp, records in batches.items():
             queue, generation = self.queues[self.channels[tp.topic]], self.generation.get(tp, 0)
             holding = self.holding.setdefault(tp, set())
+            read_back = self.read_back[tp.topic]
             for record in records:
                 value = record.value
-                notification = decode(Notification, value, tp.topic) if value else None
+                notification = (read_back.take(value) or decode(Notification, value, tp.topic)
+                                if value else None)
                 if notification is not None:
                     holding.add(record.offset)
                     queue.put_nowait((tp, generation, record.offset, notification))
@@ -257,6 +267,8 @@ class Dispatch(Stage):
 
     async def assigned(self, partitions: set[TopicPartition]) -> None:
         """Before sending what may be read again, learn which outcomes are already recorded."""
+        for tp in partitions:
+            self.read_back[tp.topic].own({tp.partition})
         await rebuild_delivered()
 
     async def released(self, partitions: set[TopicPartition]) -> None:
@@ -264,6 +276,7 @@ class Dispatch(Stage):
         for tp in partitions:
             self.generation[tp] = self.generation.get(tp, 0) + 1
             self.holding.pop(tp, None)
+            self.read_back[tp.topic].disown({tp.partition})
 
 
 def _retry_agent(channel: str) -> Any:

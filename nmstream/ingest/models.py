@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import json
 from datetime import UTC, datetime
-from typing import Annotated, Literal
+from typing import Annotated, Literal, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, TypeAdapter
 
@@ -91,6 +91,17 @@ class WebhookPayload(GroupContext):
 PostableAlerts = TypeAdapter(Annotated[list[Alert], Field(min_length=1)])
 
 
+class Received(NamedTuple):
+    """What the router takes of an alert record: the stamped alert, when and with what group
+    context it was received. Ingest keeps one for each record it writes, so a router in the
+    same worker need not parse the record again (:class:`~nmstream.stage.ReadBack`)."""
+
+    fingerprint: str
+    alert: Alert
+    received_at: datetime
+    group: GroupContext
+
+
 class AlertRecord(_Wire):
     """One record of ``nmstream-alerts``: one alert with its group context, keyed by fingerprint."""
 
@@ -122,6 +133,10 @@ class AlertRecord(_Wire):
         """The topic encoding: JSON with Alertmanager's field names."""
         return self.model_dump_json(by_alias=True).encode()
 
+    def received(self) -> Received:
+        """The fields the router takes."""
+        return Received(self.fingerprint, self.alert, self.received_at, self.group)
+
 
 _TIMESTAMP = TypeAdapter(datetime)
 _ALERT_JSON = Alert.__pydantic_serializer__
@@ -141,30 +156,36 @@ def _quoted(text: str) -> bytes:
 
 def encode_records(
     alerts: list[Alert], group: GroupContext, request_id: str, received_at: datetime
-) -> list[tuple[bytes, bytes]]:
+) -> list[tuple[bytes, bytes, Received]]:
     """Key and value of each alert's record, the bytes ``AlertRecord.build(...).to_bytes()``
-    gives, but with the request's fields and group serialised once, not once per alert.
-    ``group`` may be the whole :class:`WebhookPayload`: its alerts are left out."""
+    gives, but with the request's fields and group serialised once, not once per alert; and
+    what decoding the value would give the router. ``group`` may be the whole
+    :class:`WebhookPayload`: its alerts are left out."""
     middle = b"".join((
         b'","request_id":', _quoted(request_id),
         b',"received_at":', _TIMESTAMP.dump_json(received_at), b',"alert":',
     ))
     group_json = group.__pydantic_serializer__.to_json(group, by_alias=True, exclude=_ALERTS)
     tail = b',"group":' + group_json + b"}"
+    context = group if type(group) is GroupContext else GroupContext.model_construct(
+        **{name: getattr(group, name) for name in GroupContext.model_fields})
     encoded = []
     to_json = _ALERT_JSON.to_json
     for alert in alerts:
         fingerprint = alert.fingerprint or label_fingerprint(alert.labels)
         quoted = _quoted(fingerprint)
+        status = alert.effective_status(received_at)
         # the alert with its status and fingerprint stamped: those are its first and last
         # fields, so they are written around the rest instead of copying the model
         rest = to_json(alert, by_alias=True, exclude=_STAMPED)
+        stamped = alert if alert.fingerprint and alert.status else alert.model_copy(
+            update={"fingerprint": fingerprint, "status": status})
         encoded.append((fingerprint.encode(), b"".join((
             b'{"schema_version":1,"fingerprint":', quoted,
             _SENDER if alert.fingerprint else _COMPUTED, middle,
-            _STATUS[alert.effective_status(received_at)], rest[1:-1],
+            _STATUS[status], rest[1:-1],
             b',"fingerprint":', quoted, b"}", tail,
-        ))))
+        )), Received(fingerprint, stamped, received_at, context)))
     return encoded
 
 

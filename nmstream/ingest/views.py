@@ -14,16 +14,17 @@ from pydantic import ValidationError
 
 from nmstream.app import app, settings
 from nmstream.ingest.models import (
-    Alert,
     GroupContext,
     PostableAlerts,
+    Received,
     WebhookPayload,
     encode_records,
     utcnow,
 )
 from nmstream.metrics import ALERTS_INGESTED, INGEST_REQUESTS, PRODUCE_SECONDS
+from nmstream.routing.agents import router
 from nmstream.routing.batching import batching, group_partition
-from nmstream.topics import ALERTS, guard, send_batched
+from nmstream.topics import ALERTS, guard, partition_count, send_batched
 
 log = logging.getLogger(__name__)
 
@@ -80,10 +81,10 @@ def parse(body: bytes) -> tuple[GroupContext, list[Any]]:
     return payload, list(payload.alerts)
 
 
-async def produce(records: list[tuple[bytes, bytes]], alerts: list[Alert],
-                  timestamp_ms: int) -> None:
-    """Send every ``(key, value)`` record, each to the partition of its alert's group labels,
-    and wait until Kafka acknowledged them all, or time out.
+async def produce(records: list[tuple[bytes, bytes, Received]], timestamp_ms: int) -> None:
+    """Send every ``(key, value, received)`` record, each to the partition of its alert's group
+    labels, and wait until Kafka acknowledged them all, or time out. The router of this worker
+    is handed what it would decode from the records of its partitions.
 
     The topics are verified first whenever Kafka failed before (see :class:`TopicGuard`).
     The acknowledgement futures are never cancelled (aiokafka resolves them later even after
@@ -94,11 +95,12 @@ async def produce(records: list[tuple[bytes, bytes]], alerts: list[Alert],
     async with asyncio.timeout_at(deadline):
         if not guard.ready.is_set():
             await guard.ensure()
-        grouping = batching()
+        grouping, count = batching(), await partition_count(ALERTS.name)
+        numbers = [group_partition(r.alert.labels, grouping, count) for _, _, r in records]
+        for number, (_, value, received) in zip(numbers, records, strict=True):
+            router.read_back.keep(number, value, received)
         futures = await send_batched(
-            ALERTS.name, [(key, value, timestamp_ms) for key, value in records],
-            partition=lambda i, count: group_partition(alerts[i].labels, grouping, count),
-        )
+            ALERTS.name, [(key, value, timestamp_ms) for key, value, _ in records], numbers)
     done, pending = await asyncio.wait(futures, timeout=max(deadline - loop.time(), 0))
     if pending:
         raise TimeoutError
@@ -123,7 +125,7 @@ class IngestAlerts(View):
         records = encode_records(alerts, group, request_id, now)
         started = time.perf_counter()
         try:
-            await produce(records, alerts, int(now.timestamp() * 1000))
+            await produce(records, int(now.timestamp() * 1000))
         except Exception as exc:  # timeout or any Kafka error: the sender must retry
             guard.suspect()
             INGEST_REQUESTS.labels(outcome="unavailable").inc()

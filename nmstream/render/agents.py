@@ -13,11 +13,12 @@ import asyncio
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Sequence
 from pathlib import Path
 from typing import Any
 
 from nmstream.app import app
+from nmstream.channels.agents import dispatch
 from nmstream.config.agents import state
 from nmstream.ingest.models import utcnow
 from nmstream.metrics import NOTIFICATIONS_RENDERED, RENDER_FAILURES
@@ -25,7 +26,7 @@ from nmstream.render.engine import Renderer, TemplateError, choose
 from nmstream.render.models import DeadLetter, Notification, notification_id
 from nmstream.routing.models import AlertGroup, decode
 from nmstream.stage import Batches, Stage, StageService
-from nmstream.topics import GROUPS, NOTIFY, dlq_topics, send_batched
+from nmstream.topics import GROUPS, NOTIFY, dlq_topics, partition_count, send_batched
 
 log = logging.getLogger(__name__)
 
@@ -74,17 +75,13 @@ def notifications(group: AlertGroup, receiver: Any = None) -> list[Notification]
     return out
 
 
-def _numbers(numbers: list[int]) -> Callable[[int, int], int]:
-    """The partition chooser of :func:`send_batched`: record ``i`` to ``numbers[i]``."""
-    return lambda i, count: numbers[i] % count
-
-
 async def write_notifications(groups: Sequence[tuple[AlertGroup, int]]) -> None:
     """Render ``(group, partition)`` pairs and write the notifications of each group to that
     partition number of ``nmstream-notify-<channel>`` (one record batch per partition), a group
-    whose template fails to ``nmstream-dlq-<channel>``; returns once Kafka has them all."""
+    whose template fails to ``nmstream-dlq-<channel>``; returns once Kafka has them all. The
+    dispatcher of this worker is handed the notifications of its partitions."""
     now_ms = int(time.time() * 1000)
-    out: dict[str, list[tuple[int, tuple[bytes, bytes, int]]]] = defaultdict(list)
+    out: dict[str, list[tuple[int, Notification]]] = defaultdict(list)
     futures: list[Awaitable[Any]] = []
     for group, partition in groups:
         channel = group.receiver.channel
@@ -99,10 +96,17 @@ async def write_notifications(groups: Sequence[tuple[AlertGroup, int]]) -> None:
             futures.append(await dlq_topics[channel].send(key=group.group_id.encode(),
                                                           value=letter.to_bytes()))
             continue
-        out[channel] += [(partition, (n.id.encode(), n.to_bytes(), now_ms)) for n in rendered]
+        out[channel] += [(partition, n) for n in rendered]
     for channel, notes in out.items():
-        futures += await send_batched(NOTIFY[channel].name, [record for _, record in notes],
-                                      partition=_numbers([number for number, _ in notes]))
+        topic = NOTIFY[channel].name
+        count, read_back = await partition_count(topic), dispatch.read_back[topic]
+        numbers, records = [], []
+        for partition, notification in notes:
+            value = notification.to_bytes()
+            numbers.append(partition % count)
+            records.append((notification.id.encode(), value, now_ms))
+            read_back.keep(numbers[-1], value, notification)
+        futures += await send_batched(topic, records, numbers)
         NOTIFICATIONS_RENDERED.labels(channel=channel).inc(len(notes))
     await asyncio.gather(*futures)
 

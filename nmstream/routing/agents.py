@@ -14,6 +14,10 @@ that topic in batches with its own consumer group (``<app id>-route``) and, per 
   after its oldest alert was received. Rendering where the group is flushed spares every
   group a topic hop (an encoding, a write, a read and a decoding).
 
+The alerts ingest wrote in this worker are handed to it as decoded (see
+:class:`~nmstream.stage.ReadBack`), so a record is parsed only by a router in another worker
+or when read again; likewise the router hands its notifications to this worker's dispatcher.
+
 It is a :class:`~nmstream.stage.Stage`: offsets are never committed past an alert whose
 notifications are not yet in Kafka, so after a crash or a rebalance the owner of the partition
 reads the pending alerts again and rebuilds their groups. No table state is needed (and none
@@ -38,7 +42,7 @@ from nmstream.app import app
 from nmstream.audit.history import record_outcome
 from nmstream.config.agents import state
 from nmstream.config.selection import Selected, Skipped, channel_of, select
-from nmstream.ingest.models import Alert, AlertRecord, utcnow
+from nmstream.ingest.models import Alert, AlertRecord, Received, utcnow
 from nmstream.metrics import (
     ALERTS_DEDUPLICATED,
     ALERTS_ROUTED,
@@ -50,12 +54,15 @@ from nmstream.render.models import SentRecord
 from nmstream.routing.batching import Batching, batching
 from nmstream.routing.dedup import Dedup
 from nmstream.routing.models import AlertGroup, ReceiverRef, decode, group_id
-from nmstream.stage import Batches, Stage, StageService
+from nmstream.stage import Batches, ReadBack, Stage, StageService
 from nmstream.topics import ALERTS, NOTIFY
 
 log = logging.getLogger(__name__)
 
 FLUSH_TICK = 0.02
+#: Alerts ingest keeps for the router (:class:`~nmstream.stage.ReadBack`): a few seconds of a
+#: busy worker's alerts.
+READ_BACK_ALERTS = 20_000
 _TARGET_EXCLUDED = ("alertSelector", "template", "subjectTemplate")
 
 
@@ -101,14 +108,14 @@ class Pending:
     receiver: ReceiverRef
     group_labels: dict[str, str]
     partition: int
-    record: AlertRecord
+    record: Received
     due: float
     alerts: dict[str, Alert] = field(default_factory=dict)
     offsets: dict[int, int] = field(default_factory=dict)
     #: The group's entry in the router's timers (older entries of it are stale).
     timer: int = -1
 
-    def add(self, record: AlertRecord, partition: int, offset: int, max_wait: float) -> bool:
+    def add(self, record: Received, partition: int, offset: int, max_wait: float) -> bool:
         """Take one alert (the newest status of a fingerprint wins); the group is due
         ``max_wait`` after its oldest alert was received. True when that made it due earlier."""
         self.alerts[record.fingerprint] = record.alert
@@ -155,6 +162,8 @@ class Router(Stage):
         #: notifications.
         self.writing: set[Pending] = set()
         self.dedup = Dedup()
+        #: What ingest in this worker wrote to the alerts partitions this router owns.
+        self.read_back: ReadBack[Received] = ReadBack(READ_BACK_ALERTS)
 
     async def handle(self, batches: Batches) -> None:
         """Route, deduplicate and group a fetched batch; write the groups it filled."""
@@ -164,9 +173,14 @@ class Router(Stage):
         routed: Counter[str] = Counter()
         for tp, records in batches.items():
             for r in records:
-                record = decode(AlertRecord, r.value, ALERTS.name) if r.value else None
-                if record is None:
+                if not r.value:
                     continue
+                record = self.read_back.take(r.value)
+                if record is None:
+                    decoded = decode(AlertRecord, r.value, ALERTS.name)
+                    if decoded is None:
+                        continue
+                    record = decoded.received()
                 try:
                     self.take(record, tp.partition, r.offset, snapshot, grouping, outcomes,
                               full, routed)
@@ -179,7 +193,7 @@ class Router(Stage):
         if full:
             await self.write(full)
 
-    def take(self, record: AlertRecord, partition: int, offset: int, snapshot: Any,
+    def take(self, record: Received, partition: int, offset: int, snapshot: Any,
              grouping: Batching, outcomes: list[SentRecord], full: list[Pending],
              routed: Counter[str]) -> None:
         """One alert: to each receiver's group, or an outcome saying why it goes nowhere."""
@@ -268,12 +282,14 @@ class Router(Stage):
         """Forget the groups and dedup state of lost partitions: the new owner reads their
         pending alerts again."""
         lost = {tp.partition for tp in partitions}
+        self.read_back.disown(lost)
         for gid in [g for g, p in self.pending.items() if p.partition in lost]:
             del self.pending[gid]
         self.dedup.forget(lost)
 
     async def assigned(self, partitions: set[TopicPartition]) -> None:
         """Load what was sent within the window for the partitions this worker now owns."""
+        self.read_back.own({tp.partition for tp in partitions})
         try:
             await self.dedup.rebuild([spec.name for spec in NOTIFY.values()],
                                      {tp.partition for tp in partitions},
@@ -282,7 +298,7 @@ class Router(Stage):
             log.warning("cannot rebuild dedup state (%s); starting empty", exc)
 
 
-def unrouted(record: AlertRecord, skipped: Sequence[Skipped]) -> SentRecord:
+def unrouted(record: Received, skipped: Sequence[Skipped]) -> SentRecord:
     """An alert no receiver takes: counted, and a ``filtered`` outcome with the reasons."""
     ALERTS_UNROUTED.inc()
     for skip in skipped:
