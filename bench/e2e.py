@@ -22,6 +22,7 @@ import argparse
 import asyncio
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -102,16 +103,16 @@ def warm_up(url: str | list[str], sink: Sink, groups: int, webhook: bool) -> Non
     run_load(url, sink, bodies, WARMUP_ALERTS, 2, 60)
 
 
-def profiled(pid: int, output: str, seconds: float) -> subprocess.Popen[bytes] | None:
-    """py-spy recording ``pid`` for ``seconds`` into ``output`` (collapsed stacks), if installed."""
+def profiled(pid: int, output: str) -> subprocess.Popen[bytes] | None:
+    """py-spy recording ``pid`` into ``output`` (collapsed stacks) until interrupted, if
+    installed."""
     spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
     if not Path(spy).exists():
         print("--profile: py-spy is not installed (pip install py-spy)", file=sys.stderr)
         return None
     # --gil: only the thread holding the GIL, i.e. the Python work that costs CPU
     return subprocess.Popen([spy, "record", "--pid", str(pid), "--format", "raw", "--rate", "1000",
-                             "--duration", str(int(seconds)), "--output", output, "--nonblocking",
-                             "--gil"],
+                             "--output", output, "--nonblocking", "--gil"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
@@ -151,14 +152,15 @@ def bench_nmstream(args: argparse.Namespace, workdir: Path, sink: Sink,
             urls = [f"{w.base}/api/v2/alerts" for w in workers]
             settle(workers, urls, sink, args.groups)
             pids = [w.process.pid for w in workers]
-            spy = profiled(pids[0], args.profile, args.batch_wait + 2) if args.profile else None
+            spy = profiled(pids[0], args.profile) if args.profile else None
             cpu = sum(map(cpu_seconds, pids)), cpu_seconds(broker.process.pid)
             result = run_load(urls, sink, bodies, args.alerts, args.concurrency, args.timeout)
             result.cpu = sum(map(cpu_seconds, pids)) - cpu[0]
             result.broker_cpu = cpu_seconds(broker.process.pid) - cpu[1]
             result.rss = sum(rss_mib(pid, "VmHWM") for pid in pids)
             result.broker_rss = rss_mib(broker.process.pid, "VmHWM")
-            if spy is not None:
+            if spy is not None:  # the load is over: py-spy writes the stacks when interrupted
+                spy.send_signal(signal.SIGINT)
                 spy.wait()
         finally:
             for worker in workers:
@@ -264,7 +266,7 @@ def main() -> int:
                              "clients spread their connections over them")
     parser.add_argument("--no-alertmanager", action="store_true")
     parser.add_argument("--profile", metavar="FILE",
-                        help="record the worker with py-spy for 30 s of the load (raw stacks)")
+                        help="record the worker with py-spy during the load (raw stacks)")
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="nmstream-e2e-"))
     alerts = make_alerts(args.alerts, args.groups)
