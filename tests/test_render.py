@@ -76,6 +76,9 @@ def test_webhook_message_is_an_alertmanager_webhook_payload() -> None:
     assert body["status"] == "firing"
     assert body["groupLabels"] == original["groupLabels"]
     assert body["commonLabels"] == original["commonLabels"]
+    assert body["commonAnnotations"] == original["commonAnnotations"]
+    assert list(body["commonLabels"]) == [  # in the first alert's order
+        k for k in original["alerts"][0]["labels"] if k in original["commonLabels"]]
     assert [a["fingerprint"] for a in body["alerts"]] == [
         a["fingerprint"] for a in original["alerts"]]
     assert body["alerts"][0]["labels"] == original["alerts"][0]["labels"]

@@ -80,10 +80,14 @@ class AlertList(list[Alert]):
 
 
 def _common(mappings: Sequence[Mapping[str, str]]) -> dict[str, str]:
+    """The name/value pairs all mappings have, in the first one's order."""
     if not mappings:
         return {}
     first = mappings[0]
-    return {k: v for k, v in first.items() if all(m.get(k) == v for m in mappings[1:])}
+    shared = set(first.items())
+    for other in mappings[1:]:
+        shared &= other.items()
+    return {k: v for k, v in first.items() if (k, v) in shared}
 
 
 class _WebhookMessage(BaseModel):
@@ -105,18 +109,19 @@ class WebhookPayload(Mapping[str, Any]):
     """The group in Alertmanager's webhook v4 shape, as templates see it: a mapping built
     when first read, which ``tojson`` writes straight from pydantic (see :func:`_dumps`)."""
 
-    def __init__(self, group: AlertGroup, alerts: Sequence[Alert], status: str) -> None:
+    def __init__(self, group: AlertGroup, alerts: Sequence[Alert], status: str,
+                 common_labels: dict[str, str], common_annotations: dict[str, str]) -> None:
         self._group, self._alerts, self._status = group, alerts, status
+        self._common = common_labels, common_annotations
 
     @functools.cached_property
     def _message(self) -> _WebhookMessage:
         group, alerts = self._group, self._alerts
         return _WebhookMessage(
             group_key=group.group_id, status=self._status, receiver=group.receiver.name,
-            group_labels=group.group_labels,
-            common_labels=_common([a.labels for a in alerts]),
-            common_annotations=_common([a.annotations for a in alerts]),
-            external_url=group.external_url or "", alerts=list(alerts),
+            group_labels=group.group_labels, common_labels=self._common[0],
+            common_annotations=self._common[1], external_url=group.external_url or "",
+            alerts=list(alerts),
         )
 
     @functools.cached_property
@@ -155,16 +160,18 @@ def template_data(group: AlertGroup, alerts: Sequence[Alert]) -> dict[str, Any]:
     """What a template sees."""
     listed = AlertList(alerts)
     status = "firing" if listed.firing else "resolved"
+    labels = _common([a.labels for a in alerts])
+    annotations = _common([a.annotations for a in alerts])
     return {
         "alerts": listed,
         "group_labels": group.group_labels,
-        "common_labels": _common([a.labels for a in alerts]),
-        "common_annotations": _common([a.annotations for a in alerts]),
+        "common_labels": labels,
+        "common_annotations": annotations,
         "status": status,
         "receiver": group.receiver.name,
         "tenant": group.receiver.tenant,
         "external_url": group.external_url,
-        "webhook_payload": WebhookPayload(group, alerts, status),
+        "webhook_payload": WebhookPayload(group, alerts, status, labels, annotations),
     }
 
 

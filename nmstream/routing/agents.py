@@ -62,7 +62,7 @@ log = logging.getLogger(__name__)
 FLUSH_TICK = 0.02
 #: Alerts ingest keeps for the router (:class:`~nmstream.stage.ReadBack`): a few seconds of a
 #: busy worker's alerts.
-READ_BACK_ALERTS = 20_000
+READ_BACK_ALERTS = 10_000
 _TARGET_EXCLUDED = ("alertSelector", "template", "subjectTemplate")
 
 

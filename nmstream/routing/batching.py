@@ -91,4 +91,4 @@ def group_partition(labels: dict[str, str], grouping: Batching, partitions: int)
     """The partition of ``nmstream-alerts`` an alert goes to: one per value of its group
     labels (Kafka's default partitioner over them), so that each group of every receiver
     lives on one partition, and one alert's updates stay in order."""
-    return _partition(tuple(labels.get(k, "") for k in grouping.labels), partitions)
+    return _partition(tuple([labels.get(k, "") for k in grouping.labels]), partitions)
