@@ -43,26 +43,35 @@ class ReadBack(Generic[T]):
     The stage reads every record from Kafka as usual; for one whose bytes were written here it
     takes the object kept instead of parsing them again (the same bytes decode to an equal
     object). Only records of partitions the stage owns are kept, each until it is read back
-    or, oldest first, once ``limit`` are kept; losing partitions forgets them all.
+    or, oldest first, while more than ``max_bytes`` of records are kept; losing partitions
+    forgets them all.
     """
 
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
         #: Partition numbers the stage owns.
         self.owned: set[int] = set()
         self._kept: dict[bytes, T] = {}
+        self._bytes = 0
 
     def keep(self, partition: int, value: bytes, decoded: T) -> None:
         """Keep what ``value`` decodes to, when it goes to a partition the stage owns."""
-        if partition in self.owned:
-            kept = self._kept
-            kept[value] = decoded
-            if len(kept) > self.limit:
-                del kept[next(iter(kept))]
+        kept = self._kept
+        if partition not in self.owned or value in kept:
+            return
+        kept[value] = decoded
+        self._bytes += len(value)
+        while self._bytes > self.max_bytes:
+            oldest = next(iter(kept))
+            del kept[oldest]
+            self._bytes -= len(oldest)
 
     def take(self, value: bytes) -> T | None:
         """What a record with these bytes decodes to, if kept (then forgotten)."""
-        return self._kept.pop(value, None)
+        decoded = self._kept.pop(value, None)
+        if decoded is not None:
+            self._bytes -= len(value)
+        return decoded
 
     def own(self, partitions: set[int]) -> None:
         """The stage now owns these partitions too."""
@@ -72,6 +81,7 @@ class ReadBack(Generic[T]):
         """The stage no longer owns these partitions: forget everything kept."""
         self.owned -= partitions
         self._kept.clear()
+        self._bytes = 0
 
 
 #: Every stage of this worker (for the lag metric).

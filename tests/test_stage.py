@@ -6,7 +6,7 @@ from nmstream.stage import ReadBack
 
 
 def test_only_records_of_owned_partitions_are_kept_and_each_is_taken_once() -> None:
-    kept: ReadBack[str] = ReadBack(limit=10)
+    kept: ReadBack[str] = ReadBack(max_bytes=100)
     kept.own({0, 2})
     kept.keep(0, b"first", "decoded first")
     kept.keep(1, b"elsewhere", "another worker's partition")
@@ -19,12 +19,16 @@ def test_only_records_of_owned_partitions_are_kept_and_each_is_taken_once() -> N
     assert kept.take(b"never written") is None
 
 
-def test_the_oldest_are_forgotten_beyond_the_limit_and_all_when_partitions_are_lost() -> None:
-    kept: ReadBack[int] = ReadBack(limit=3)
+def test_the_oldest_are_forgotten_beyond_the_bytes_and_all_when_partitions_are_lost() -> None:
+    kept: ReadBack[int] = ReadBack(max_bytes=30)  # three records of 10 bytes
     kept.own({0, 1})
     for i in range(5):
-        kept.keep(0, b"record %d" % i, i)
-    assert [kept.take(b"record %d" % i) for i in range(5)] == [None, None, 2, 3, 4]
+        kept.keep(0, b"record %03d" % i, i)
+    kept.keep(0, b"record 004", 4)  # the same bytes again: still one record
+    assert [kept.take(b"record %03d" % i) for i in range(5)] == [None, None, 2, 3, 4]
+    for i in range(3):  # taken records no longer count
+        kept.keep(0, b"again! %03d" % i, i)
+    assert [kept.take(b"again! %03d" % i) for i in range(3)] == [0, 1, 2]
 
     kept.keep(0, b"on 0", 0)
     kept.keep(1, b"on 1", 1)

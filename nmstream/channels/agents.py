@@ -61,9 +61,9 @@ from nmstream.topics import NOTIFY, RETRY, SENT, dlq_topics, retry_topics
 
 log = logging.getLogger(__name__)
 
-#: Notifications the router keeps for the dispatcher, per channel
-#: (:class:`~nmstream.stage.ReadBack`).
-READ_BACK_NOTIFICATIONS = 2_000
+#: Bytes of notifications the router keeps for the dispatcher, per channel
+#: (:class:`~nmstream.stage.ReadBack`): ~500 of the benchmark's webhook notifications.
+READ_BACK_BYTES = 4 << 20
 
 secret_store = SecretStore(settings.namespace)
 delivered = Delivered()
@@ -200,7 +200,7 @@ class Dispatch(Stage):
         self.generation: dict[TopicPartition, int] = {}
         #: Per topic, what the router of this worker wrote to the partitions this one owns.
         self.read_back: dict[str, ReadBack[Notification]] = {
-            spec.name: ReadBack(READ_BACK_NOTIFICATIONS) for spec in NOTIFY.values()
+            spec.name: ReadBack(READ_BACK_BYTES) for spec in NOTIFY.values()
         }
 
     async def handle(self, batches: Batches) -> None:

@@ -60,9 +60,9 @@ from nmstream.topics import ALERTS, NOTIFY
 log = logging.getLogger(__name__)
 
 FLUSH_TICK = 0.02
-#: Alerts ingest keeps for the router (:class:`~nmstream.stage.ReadBack`): a few seconds of a
-#: busy worker's alerts.
-READ_BACK_ALERTS = 10_000
+#: Bytes of alert records ingest keeps for the router (:class:`~nmstream.stage.ReadBack`):
+#: ~10,000 of the benchmark's, whose router lags ~3,000 behind ingest at most.
+READ_BACK_BYTES = 8 << 20
 _TARGET_EXCLUDED = ("alertSelector", "template", "subjectTemplate")
 
 
@@ -163,7 +163,7 @@ class Router(Stage):
         self.writing: set[Pending] = set()
         self.dedup = Dedup()
         #: What ingest in this worker wrote to the alerts partitions this router owns.
-        self.read_back: ReadBack[Received] = ReadBack(READ_BACK_ALERTS)
+        self.read_back: ReadBack[Received] = ReadBack(READ_BACK_BYTES)
 
     async def handle(self, batches: Batches) -> None:
         """Route, deduplicate and group a fetched batch; write the groups it filled."""
