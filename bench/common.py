@@ -163,8 +163,10 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def write_config(directory: Path, sink_url: str, batch_wait: float) -> None:
-    """CRs for one global webhook receiver posting to the sink, grouping as nmstream defaults."""
+def write_config(directory: Path, sink_url: str, batch_wait: float, tenants: int = 0) -> None:
+    """CRs for one global webhook receiver posting to the sink, grouping as nmstream defaults,
+    and ``tenants`` tenant webhook receivers (namespaces ``tenant-<i>``, see
+    :func:`tenant_namespace`), which the load's alerts (namespace ``bench``) never reach."""
     directory.mkdir(parents=True, exist_ok=True)
     docs: list[dict[str, Any]] = [
         {"apiVersion": API, "kind": "NotificationManager", "metadata": {"name": "nm"},
@@ -177,7 +179,16 @@ def write_config(directory: Path, sink_url: str, batch_wait: float) -> None:
          "metadata": {"name": RECEIVER, "labels": {"type": "global"}},
          "spec": {"url": sink_url}},
     ]
+    docs += [{"apiVersion": API, "kind": "WebhookReceiver",
+              "metadata": {"name": tenant_namespace(i),
+                           "labels": {"type": "tenant", "namespace": tenant_namespace(i)}},
+              "spec": {"url": sink_url}} for i in range(tenants)]
     (directory / "bench.yaml").write_text(yaml.safe_dump_all(docs))
+
+
+def tenant_namespace(i: int) -> str:
+    """The namespace of the benchmark's ``i``-th tenant (and its receiver's name)."""
+    return f"tenant-{i}"
 
 
 class Worker:
@@ -239,19 +250,25 @@ def alertmanager_binary() -> str | None:
 
 
 class Alertmanager:
-    """A real Alertmanager on loopback with one webhook receiver: the sink."""
+    """A real Alertmanager on loopback with one webhook receiver, the sink, and as
+    :func:`write_config`'s tenants, a route and a webhook receiver per tenant namespace."""
 
     def __init__(self, binary: str, workdir: Path, port: int, sink_url: str,
-                 batch_wait: float, group_interval: str) -> None:
+                 batch_wait: float, group_interval: str, tenants: int = 0) -> None:
         self.port = port
         wait = f"{int(batch_wait * 1000)}ms"
         config = workdir / "alertmanager.yml"
+        hook = {"url": sink_url, "send_resolved": False}
         config.write_text(yaml.safe_dump({
             "route": {"receiver": "sink", "group_by": ["alertname", "namespace"],
                       "group_wait": wait, "group_interval": group_interval,
-                      "repeat_interval": "24h"},
-            "receivers": [{"name": "sink", "webhook_configs": [
-                {"url": sink_url, "send_resolved": False}]}],
+                      "repeat_interval": "24h",
+                      "routes": [{"receiver": tenant_namespace(i),
+                                  "matchers": [f'namespace="{tenant_namespace(i)}"']}
+                                 for i in range(tenants)]},
+            "receivers": [{"name": "sink", "webhook_configs": [hook]},
+                          *({"name": tenant_namespace(i), "webhook_configs": [hook]}
+                            for i in range(tenants))],
         }))
         self.log = workdir / "alertmanager.log"
         with self.log.open("wb") as log:

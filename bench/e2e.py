@@ -13,7 +13,7 @@ last alert at the sink), p50/p99 of post → delivery per alert, peak RSS (VmHWM
 the broker and Alertmanager.
 
     python bench/e2e.py [--alerts 20000] [--groups 1400] [--batch-wait 1] [--workers 1]
-                        [--profile out.txt]
+                        [--tenants 0] [--profile out.txt]
 """
 
 from __future__ import annotations
@@ -138,7 +138,7 @@ def bench_nmstream(args: argparse.Namespace, workdir: Path, sink: Sink,
                    bodies: list[tuple[list[str], bytes]]) -> Figures:
     """nmstream: broker, worker(s), warm-up, measured load (with several workers, figures of
     CPU and RSS are their sums)."""
-    write_config(workdir / "config", sink.url, args.batch_wait)
+    write_config(workdir / "config", sink.url, args.batch_wait, args.tenants)
     with EmbeddedBroker() as broker:
         assert broker.process is not None
         workers = []
@@ -176,7 +176,7 @@ def bench_alertmanager(args: argparse.Namespace, workdir: Path, sink: Sink,
         print("Alertmanager: not installed and not installable here; skipped", file=sys.stderr)
         return None
     am = Alertmanager(binary, workdir, free_port(), sink.url, args.batch_wait,
-                      args.am_group_interval)
+                      args.am_group_interval, args.tenants)
     try:
         warm_up(am.alerts_url, sink, args.groups, webhook=False)
         cpu = cpu_seconds(am.process.pid)
@@ -224,7 +224,8 @@ def report(args: argparse.Namespace, nm: Figures, am: Figures | None, top: Figur
     print(f"\nend-to-end benchmark: {args.alerts} alerts in posts of {args.post_size} over "
           f"{args.groups} groups, {args.concurrency} clients, batch wait {args.batch_wait:g} s; "
           f"{args.workers} nmstream worker{'s' * (args.workers > 1)}; "
-          f"everything on {os.cpu_count()} cores")
+          + (f"{args.tenants} tenant receivers besides the global one; " if args.tenants else "")
+          + f"everything on {os.cpu_count()} cores")
     who = "worker" if args.workers == 1 else f"{args.workers} workers"
     rows = [
         ("ingest, alerts/s (acknowledged)", "ingest", ""),
@@ -264,6 +265,10 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=1,
                         help="nmstream workers (one process each) in one consumer group; the "
                              "clients spread their connections over them")
+    parser.add_argument("--tenants", type=int, default=0,
+                        help="tenant webhook receivers (Alertmanager: routes) besides the "
+                             "global one, for namespaces the load's alerts never have: what "
+                             "a large cluster's receivers cost")
     parser.add_argument("--no-alertmanager", action="store_true")
     parser.add_argument("--profile", metavar="FILE",
                         help="record the worker with py-spy during the load (raw stacks)")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -9,7 +10,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from nmstream.config.models import LabelSelector, RoleBinding, parse_resource
-from nmstream.config.selection import Snapshot, Tenancy, select, tenants_of
+from nmstream.config.selection import (
+    Snapshot,
+    Tenancy,
+    channel_of,
+    receiver_scope,
+    select,
+    tenants_of,
+)
+from nmstream.config.view import ConfigView
 
 SEL = LabelSelector.model_validate
 
@@ -190,6 +199,7 @@ def test_alert_selector_filters_what_a_receiver_gets(
 
 TENANTS = ["t0", "t1", "t2", "t3"]
 NAMESPACES = ["ns0", "ns1", "ns2"]
+SEVERITIES = st.sampled_from(["critical", "warning"])
 
 
 @st.composite
@@ -209,6 +219,8 @@ def worlds(draw: st.DrawFn) -> tuple[Snapshot, list[dict[str, str]]]:
             spec[f"{kind.removesuffix('Receiver')[0].lower()}"
                  f"{kind.removesuffix('Receiver')[1:]}ConfigSelector"] = {
                 "matchLabels": {key: selector_tenant}}
+        if draw(st.booleans()):
+            spec["alertSelector"] = {"matchLabels": {"severity": draw(SEVERITIES)}}
         rcvs.append(receiver(kind, f"r{i}", labels, **spec))
     cfgs = []
     for i in range(draw(st.integers(0, 6))):
@@ -219,7 +231,8 @@ def worlds(draw: st.DrawFn) -> tuple[Snapshot, list[dict[str, str]]]:
         cfgs.append(config(kind, f"c{i}", labels))
     bindings = {ns: [binding(ns, *[("User", t) for t in draw(st.sets(st.sampled_from(TENANTS)))])]
                 for ns in NAMESPACES}
-    alerts = [{"alertname": "A", **({"namespace": ns} if ns else {})}
+    alerts = [{"alertname": "A", "severity": draw(SEVERITIES),
+               **({"namespace": ns} if ns else {})}
               for ns in draw(st.lists(st.sampled_from([*NAMESPACES, None]), min_size=1,
                                       max_size=4))]
     return Snapshot(Tenancy(tenant_key=key), rcvs, cfgs, bindings), alerts
@@ -271,3 +284,102 @@ def test_missing_secret_or_key_skips_only_that_receiver() -> None:
         ["slack"], ["global-email: secret other/mail not found"])
     assert outcome({f"{ns}/s": frozenset({"tok"}), "other/mail": frozenset({"password"})}) == (
         ["global-email"], [f"slack: secret {ns}/s has no key token"])
+
+
+def plainly(labels: dict[str, str], snapshot: Snapshot) -> tuple[list[Any], list[str]]:
+    """The rules applied the plain way, every receiver and every config looked at: what
+    :func:`select` must give whatever it indexes (selected, and the names of the skipped)."""
+    tenancy = snapshot.tenancy
+    tenants = tenants_of(labels, tenancy, snapshot.role_bindings)
+
+    def first(configs: list[Any], selector: LabelSelector | None) -> Any:
+        matching = [c for c in configs
+                    if selector is None or selector.matches(c.metadata.labels)]
+        return min(matching, key=lambda c: c.metadata.name, default=None)
+
+    selected, skipped = [], []
+    for rcv in sorted(snapshot.receivers, key=lambda r: (r.kind, r.metadata.name)):
+        scope, tenant = receiver_scope(rcv, tenancy)
+        if scope == "none" or (scope == "tenant" and tenant not in tenants):
+            continue
+        if rcv.spec.alert_selector is not None and not rcv.spec.alert_selector.matches(labels):
+            continue
+        same = [c for c in snapshot.configs if channel_of(c) == channel_of(rcv)]
+        defaults = [c for c in same if tenancy.default_configs.matches(c.metadata.labels)]
+        selector = rcv.spec.config_selector()
+        found = None
+        if tenant is None:
+            found = first(defaults, selector)
+        else:
+            if selector is not None:
+                found = first([c for c in same
+                               if tenancy.tenant_receivers.matches(c.metadata.labels)
+                               and c.metadata.labels.get(tenancy.tenant_key) == tenant],
+                              selector)
+            found = found or first(defaults, None)
+        if found is None:
+            skipped.append(rcv.metadata.name)
+        else:
+            selected.append((rcv.metadata.name, found.metadata.name, tenant))
+    return selected, skipped
+
+
+@settings(max_examples=300, deadline=None)
+@given(worlds())
+def test_selection_equals_the_rules_applied_to_every_receiver_and_config(
+    world: tuple[Snapshot, list[dict[str, str]]]
+) -> None:
+    snapshot, alerts = world
+    for labels in [*alerts, *alerts]:  # twice: the second time from what the snapshot kept
+        result = select(labels, snapshot)
+        assert (names(labels, snapshot), [s.receiver.metadata.name for s in result.skipped]) \
+            == plainly(labels, snapshot)
+
+
+def test_many_tenants_each_alert_reaches_its_own_tenants_receivers_in_order() -> None:
+    """3,000 tenants: an alert gets the global receivers and its namespace's, ordered by kind
+    and name as with a handful."""
+    rcvs = [GLOBAL_EMAIL, receiver("WebhookReceiver", "global-hook", {"type": "global"})]
+    for i in range(3000):
+        labels = {"type": "tenant", "namespace": f"ns{i}"}
+        rcvs += [receiver("WebhookReceiver", f"hook-{i}", labels),
+                 receiver("EmailReceiver", f"mail-{i}", labels,
+                          alertSelector={"matchLabels": {"severity": "critical"}})]
+    cfgs = [DEFAULT_EMAIL, config("WebhookConfig", "default-hook", {"type": "default"}),
+            config("WebhookConfig", "own-hook-7", {"type": "tenant", "namespace": "ns7"})]
+    snap = Snapshot(NS, rcvs, cfgs)
+    assert names({"namespace": "ns7", "severity": "critical"}, snap) == [
+        ("global-email", "default-email", None), ("mail-7", "default-email", "ns7"),
+        ("global-hook", "default-hook", None), ("hook-7", "default-hook", "ns7")]
+    assert names({"namespace": "ns2999"}, snap) == [
+        ("global-email", "default-email", None), ("global-hook", "default-hook", None),
+        ("hook-2999", "default-hook", "ns2999")]
+    assert names({"namespace": "elsewhere"}, snap) == names({}, snap) == [
+        ("global-email", "default-email", None), ("global-hook", "default-hook", None)]
+    assert names({"namespace": "ns7"}, snap) == plainly({"namespace": "ns7"}, snap)[0]
+
+
+def test_the_views_notification_manager_follows_every_change() -> None:
+    """Looked up once per change of the view, it is the first by name, whatever changed."""
+    def manager(name: str, wait: str) -> bytes:
+        return json.dumps({
+            "apiVersion": "notification.kubesphere.io/v2alpha1", "kind": "NotificationManager",
+            "metadata": {"name": name},
+            "spec": {"receivers": {"tenantKey": "namespace"}, "batchMaxWait": wait}}).encode()
+
+    def in_force(view: ConfigView) -> tuple[str, str | None] | None:
+        found = view.manager()
+        return None if found is None else (found.metadata.name, found.spec.batch_max_wait)
+
+    view = ConfigView()
+    assert in_force(view) is None
+    view.apply("NotificationManager//b", manager("b", "2s"))
+    assert in_force(view) == ("b", "2s")
+    view.apply("NotificationManager//a", manager("a", "1s"))
+    assert in_force(view) == ("a", "1s")
+    view.apply("NotificationManager//a", manager("a", "3s"))
+    assert in_force(view) == ("a", "3s")
+    view.apply("NotificationManager//a", None)
+    assert in_force(view) == ("b", "2s")
+    view.apply("NotificationManager//b", None)
+    assert in_force(view) is None

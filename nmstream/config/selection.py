@@ -25,6 +25,10 @@ from pydantic import BaseModel
 from nmstream.config.models import LabelSelector, ReceiversSpec, RoleBinding, SecretKeySelector
 
 Scope = Literal["global", "tenant", "none"]
+#: A receiver that can be routed to, its scope and its tenant (None: global).
+Candidate = tuple[Any, Scope, str | None]
+#: Sets of tenants whose reachable receivers a snapshot remembers.
+REACHABLE_CACHE = 4096
 NAMESPACE_LABEL = "namespace"
 USER_TENANT_KEY = "user"
 
@@ -57,11 +61,67 @@ class Snapshot:
     secret_namespace: str = "kubesphere-monitoring-system"
 
     @cached_property
-    def candidates(self) -> tuple[tuple[Any, Scope, str | None], ...]:
+    def candidates(self) -> tuple[Candidate, ...]:
         """Receivers that can be routed to, by kind and name, with their scope and tenant."""
         ordered = sorted(self.receivers, key=lambda r: (r.kind, r.metadata.name))
         scoped = ((r, *receiver_scope(r, self.tenancy)) for r in ordered)
         return tuple((r, scope, tenant) for r, scope, tenant in scoped if scope != "none")
+
+    @cached_property
+    def _by_tenant(self) -> dict[str | None, tuple[tuple[int, Candidate], ...]]:
+        """:attr:`candidates` with their position, global ones under None, the others under
+        their tenant."""
+        index: dict[str | None, list[tuple[int, Candidate]]] = {None: []}
+        for position, candidate in enumerate(self.candidates):
+            index.setdefault(candidate[2], []).append((position, candidate))
+        return {tenant: tuple(entries) for tenant, entries in index.items()}
+
+    @cached_property
+    def _reachable(self) -> dict[frozenset[str], tuple[Candidate, ...]]:
+        return {}
+
+    def candidates_for(self, tenants: frozenset[str]) -> tuple[Candidate, ...]:
+        """The global receivers and those of these tenants, in :attr:`candidates` order: an
+        alert costs the receivers it can reach, not every tenant's. Remembered per set of
+        tenants (up to :data:`REACHABLE_CACHE` of them)."""
+        if (found := self._reachable.get(tenants)) is not None:
+            return found
+        index = self._by_tenant
+        entries = [*index[None]]
+        for tenant in tenants:
+            entries += index.get(tenant, ())
+        entries.sort(key=lambda entry: entry[0])
+        if len(self._reachable) >= REACHABLE_CACHE:
+            self._reachable.clear()
+        found = self._reachable[tenants] = tuple(candidate for _, candidate in entries)
+        return found
+
+    @cached_property
+    def _configs(self) -> dict[str, list[Any]]:
+        """Configs by channel, in :attr:`configs` order."""
+        by_channel: dict[str, list[Any]] = {}
+        for config in self.configs:
+            by_channel.setdefault(channel_of(config), []).append(config)
+        return by_channel
+
+    @cached_property
+    def channel_defaults(self) -> dict[str, list[Any]]:
+        """Default configs (``defaultConfigSelector``) by channel."""
+        matches = self.tenancy.default_configs.matches
+        return {channel: [c for c in configs if matches(c.metadata.labels)]
+                for channel, configs in self._configs.items()}
+
+    @cached_property
+    def tenant_configs(self) -> dict[tuple[str, str], list[Any]]:
+        """Tenant configs (matching ``tenantReceiverSelector``) by channel and tenant."""
+        tenancy, owned = self.tenancy, dict[tuple[str, str], list[Any]]()
+        for channel, configs in self._configs.items():
+            for config in configs:
+                labels = config.metadata.labels
+                tenant = labels.get(tenancy.tenant_key)
+                if tenant is not None and tenancy.tenant_receivers.matches(labels):
+                    owned.setdefault((channel, tenant), []).append(config)
+        return owned
 
     @cached_property
     def _usable(self) -> dict[tuple[int, str | None], tuple[Any, str]]:
@@ -142,21 +202,13 @@ def _first_by_name(configs: Iterable[Any], selector: LabelSelector | None) -> An
 
 def config_for(receiver: Any, tenant: str | None, snapshot: Snapshot) -> Any:
     """The config a receiver sends with, or None when it has no usable one."""
-    tenancy = snapshot.tenancy
     channel = channel_of(receiver)
-    same_channel = [c for c in snapshot.configs if channel_of(c) == channel]
-    defaults = [c for c in same_channel if tenancy.default_configs.matches(c.metadata.labels)]
+    defaults = snapshot.channel_defaults.get(channel, [])
     selector = receiver.spec.config_selector()
     if tenant is None:
         return _first_by_name(defaults, selector)
     if selector is not None:
-        own = [
-            c
-            for c in same_channel
-            if tenancy.tenant_receivers.matches(c.metadata.labels)
-            and c.metadata.labels.get(tenancy.tenant_key) == tenant
-        ]
-        found = _first_by_name(own, selector)
+        found = _first_by_name(snapshot.tenant_configs.get((channel, tenant), []), selector)
         if found is not None:
             return found
     return _first_by_name(defaults, None)
@@ -205,9 +257,7 @@ def select(labels: Mapping[str, str], snapshot: Snapshot) -> Selection:
     tenants = tenants_of(labels, tenancy, snapshot.role_bindings)
     selected: list[Selected] = []
     skipped: list[Skipped] = []
-    for receiver, scope, tenant in snapshot.candidates:
-        if scope == "tenant" and tenant not in tenants:
-            continue
+    for receiver, _, tenant in snapshot.candidates_for(tenants):
         alert_selector = receiver.spec.alert_selector
         if alert_selector is not None and not alert_selector.matches(labels):
             continue

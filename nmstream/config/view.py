@@ -74,6 +74,7 @@ class ConfigView:
     version: int = 0
     _reported: dict[str, str] = field(default_factory=dict)
     _snapshot: tuple[int, Snapshot] | None = None
+    _manager: tuple[int, NotificationManager | None] | None = None
 
     def apply(self, key: str, value: bytes | None) -> None:
         """Apply one topic record (last one per key wins; None deletes)."""
@@ -101,9 +102,12 @@ class ConfigView:
         return [o for o in self.objects.values() if isinstance(o, kinds)]
 
     def manager(self) -> NotificationManager | None:
-        """The NotificationManager in force (the first by name), if any."""
-        managers = sorted(self._of((NotificationManager,)), key=lambda m: m.metadata.name)
-        return managers[0] if managers else None
+        """The NotificationManager in force (the first by name), if any; looked up once per
+        version (every render and send asks)."""
+        if self._manager is None or self._manager[0] != self.version:
+            managers = sorted(self._of((NotificationManager,)), key=lambda m: m.metadata.name)
+            self._manager = (self.version, managers[0] if managers else None)
+        return self._manager[1]
 
     def get(self, kind: str, name: str) -> Any:
         """A cluster-scoped object by kind and name, or None."""
