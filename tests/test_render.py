@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -185,6 +186,32 @@ def test_groups_over_a_channel_limit_are_split_and_keep_every_alert(channel: str
     for message in messages:
         for alert in message.alerts:
             assert f"- n = {alert.labels['n']}\n" in message.body
+
+
+@pytest.mark.parametrize("channel", sorted(LIMITS))
+def test_split_messages_are_as_full_as_the_limit_allows(channel: str) -> None:
+    """Alerts of very different sizes, one too large alone: every message but the last would
+    exceed the limit with the next alert, and the large one goes alone, truncated."""
+    base = group_of("alert.json").alerts[0]
+    size_limit, measure = LIMITS[channel]
+    sizes = [random.Random(i).choice([0, 10, 100, 400]) for i in range(400)]
+    sizes[57] = size_limit * 2
+    many = [base.model_copy(update={
+        "labels": {**base.labels, "n": str(i)}, "fingerprint": f"f{i}",
+        "annotations": {"message": "x" * size}}) for i, size in enumerate(sizes)]
+    group = group_of("alert.json").model_copy(update={"alerts": many})
+    renderer, choice = Renderer(), Choice(None, "nm.default.text")
+    messages = renderer.render(channel, choice, group)
+    assert [a.fingerprint for m in messages for a in m.alerts] == [a.fingerprint for a in many]
+    assert all(measure(m.body) <= size_limit for m in messages)
+    (alone,) = [m for m in messages if many[57] in m.alerts]
+    assert alone.alerts == (many[57],) and alone.body.endswith("…(truncated)")
+    taken = 0
+    for message in messages[:-1]:
+        taken += len(message.alerts)
+        more = renderer.render(channel, choice, group.model_copy(update={
+            "alerts": [*message.alerts, many[taken]]}))
+        assert len(more) == 2, f"message {messages.index(message)} could take one more alert"
 
 
 def test_a_single_alert_over_the_limit_is_truncated_not_dropped() -> None:

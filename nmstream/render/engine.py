@@ -246,25 +246,30 @@ class Renderer:
 
     def render(self, channel: str, choice: Choice, group: AlertGroup) -> list[Message]:
         """The group's messages: one, or several when the channel's size limit requires,
-        each carrying whole alerts; a single alert too large alone is truncated, never
-        dropped."""
+        each carrying whole alerts, as many as fit; a single alert too large alone is
+        truncated, never dropped."""
         whole = self._message(choice, group, group.alerts)
         limit = LIMITS.get(channel)
         if limit is None or limit[1](whole.body) <= limit[0]:
             return [whole]
         size_limit, measure = limit
         messages: list[Message] = []
-        pending: list[Alert] = []
-        for alert in group.alerts:
-            candidate = self._message(choice, group, [*pending, alert])
-            if measure(candidate.body) <= size_limit:
-                pending.append(alert)
-                continue
-            if pending:
-                messages.append(self._message(choice, group, pending))
-            pending = [alert]
-        if pending:
-            messages.append(self._message(choice, group, pending))
+        alerts, start = group.alerts, 0
+        # the first guess in proportion to how far the whole group is over the limit
+        count = len(alerts) * size_limit // max(measure(whole.body), 1)
+        while start < len(alerts):
+            rendered: dict[int, Message] = {}
+
+            def fits(count: int, start: int = start, rendered: dict[int, Message] = rendered
+                     ) -> bool:
+                message = self._message(choice, group, alerts[start:start + count])
+                rendered[count] = message
+                return measure(message.body) <= size_limit
+
+            count = _most_that_fit(len(alerts) - start, fits, count)
+            messages.append(rendered.get(count)
+                            or self._message(choice, group, alerts[start:start + count]))
+            start += count
         return [self._fit(m, size_limit, measure) for m in messages]
 
     @staticmethod
@@ -277,3 +282,24 @@ class Renderer:
                 body += TRUNCATED
                 break
         return Message(message.subject, body, message.alerts, message.text)
+
+
+def _most_that_fit(available: int, fits: Callable[[int], bool], guess: int) -> int:
+    """The most alerts (of ``available``) a message holds, at least one, sizes growing with
+    the count: from a guess (the previous message's count), up by doubling steps while they
+    fit, then bisecting; a storm's group costs a few renders per message, not one per alert."""
+    good, bad, step = 0, available + 1, 1
+    probe = min(max(guess, 1), available)
+    while fits(probe):
+        good = probe
+        if good == available:
+            return good
+        probe, step = min(good + step, available), step * 2
+    bad = probe
+    while bad - good > 1:
+        middle = (good + bad) // 2
+        if fits(middle):
+            good = middle
+        else:
+            bad = middle
+    return max(good, 1)
