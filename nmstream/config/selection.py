@@ -27,7 +27,7 @@ from nmstream.config.models import LabelSelector, ReceiversSpec, RoleBinding, Se
 Scope = Literal["global", "tenant", "none"]
 #: A receiver that can be routed to, its scope and its tenant (None: global).
 Candidate = tuple[Any, Scope, str | None]
-#: Sets of tenants whose reachable receivers a snapshot remembers.
+#: Sets of tenants whose reachable receivers (and namespaces whose users) a snapshot remembers.
 REACHABLE_CACHE = 4096
 NAMESPACE_LABEL = "namespace"
 USER_TENANT_KEY = "user"
@@ -75,6 +75,23 @@ class Snapshot:
         for position, candidate in enumerate(self.candidates):
             index.setdefault(candidate[2], []).append((position, candidate))
         return {tenant: tuple(entries) for tenant, entries in index.items()}
+
+    @cached_property
+    def _users(self) -> dict[str, frozenset[str]]:
+        return {}
+
+    def tenants(self, labels: Mapping[str, str]) -> frozenset[str]:
+        """:func:`tenants_of` an alert; with ``tenantKey: user``, each namespace's users are
+        worked out once per snapshot (a namespace may have hundreds of RoleBindings)."""
+        namespace = labels.get(NAMESPACE_LABEL)
+        if not namespace or self.tenancy.tenant_key != USER_TENANT_KEY:
+            return tenants_of(labels, self.tenancy, self.role_bindings)
+        if (users := self._users.get(namespace)) is None:
+            if len(self._users) >= REACHABLE_CACHE:
+                self._users.clear()
+            users = self._users[namespace] = tenants_of(labels, self.tenancy,
+                                                        self.role_bindings)
+        return users
 
     @cached_property
     def _reachable(self) -> dict[frozenset[str], tuple[Candidate, ...]]:
@@ -253,8 +270,7 @@ def usable_config(receiver: Any, tenant: str | None, snapshot: Snapshot) -> tupl
 
 def select(labels: Mapping[str, str], snapshot: Snapshot) -> Selection:
     """Receivers (with configs) that get an alert with these labels."""
-    tenancy = snapshot.tenancy
-    tenants = tenants_of(labels, tenancy, snapshot.role_bindings)
+    tenants = snapshot.tenants(labels)
     selected: list[Selected] = []
     skipped: list[Skipped] = []
     for receiver, _, tenant in snapshot.candidates_for(tenants):
