@@ -9,7 +9,7 @@ SUITE_TIMEOUT ?= 900
 # brokers and timers, so two halve the suite's time even on two cores.
 TEST_WORKERS ?= 2
 
-.PHONY: run test lint typecheck bench-ingest bench bench-render soak clean
+.PHONY: run test lint typecheck bench-ingest bench bench-scale soak clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -41,9 +41,9 @@ bench-ingest: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/e2e.py
 
-## An alert storm's group split into chat messages: milliseconds per channel.
-bench-render: $(STAMP)
-	$(BIN)/python bench/render.py
+## A large cluster (5,000 tenant receivers) and an alert storm (a 5,000-alert group).
+bench-scale: $(STAMP)
+	$(BIN)/python bench/scale.py
 
 ## A steady alert rate for 10 minutes: fails if the worker's RSS grows or exceeds 300 MiB.
 soak: $(STAMP)
