@@ -254,23 +254,27 @@ class Renderer:
             return [whole]
         size_limit, measure = limit
         messages: list[Message] = []
-        alerts, start = group.alerts, 0
         # the first guess in proportion to how far the whole group is over the limit
-        count = len(alerts) * size_limit // max(measure(whole.body), 1)
-        while start < len(alerts):
-            rendered: dict[int, Message] = {}
-
-            def fits(count: int, start: int = start, rendered: dict[int, Message] = rendered
-                     ) -> bool:
-                message = self._message(choice, group, alerts[start:start + count])
-                rendered[count] = message
-                return measure(message.body) <= size_limit
-
-            count = _most_that_fit(len(alerts) - start, fits, count)
-            messages.append(rendered.get(count)
-                            or self._message(choice, group, alerts[start:start + count]))
-            start += count
+        start, guess = 0, len(group.alerts) * size_limit // max(measure(whole.body), 1)
+        while start < len(group.alerts):
+            messages.append(self._fill(choice, group, start, limit, guess))
+            guess = len(messages[-1].alerts)
+            start += guess
         return [self._fit(m, size_limit, measure) for m in messages]
+
+    def _fill(self, choice: Choice, group: AlertGroup, start: int,
+              limit: tuple[int, Callable[[str], int]], guess: int) -> Message:
+        """The message of as many alerts from ``start`` on as fit within ``limit``, at least
+        one."""
+        size_limit, measure = limit
+        rendered: dict[int, Message] = {}
+
+        def fits(count: int) -> bool:
+            message = rendered[count] = self._message(
+                choice, group, group.alerts[start:start + count])
+            return measure(message.body) <= size_limit
+
+        return rendered[_most_that_fit(len(group.alerts) - start, fits, guess)]
 
     @staticmethod
     def _fit(message: Message, size_limit: int, measure: Callable[[str], int]) -> Message:
@@ -287,8 +291,9 @@ class Renderer:
 def _most_that_fit(available: int, fits: Callable[[int], bool], guess: int) -> int:
     """The most alerts (of ``available``) a message holds, at least one, sizes growing with
     the count: from a guess (the previous message's count), up by doubling steps while they
-    fit, then bisecting; a storm's group costs a few renders per message, not one per alert."""
-    good, bad, step = 0, available + 1, 1
+    fit, then bisecting; a storm's group costs a few renders per message, not one per alert.
+    ``fits`` has been asked about the count returned."""
+    good, step = 0, 1
     probe = min(max(guess, 1), available)
     while fits(probe):
         good = probe
