@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import Counter
-from collections.abc import Iterable, Sequence
+import time
+from collections import Counter, OrderedDict
+from collections.abc import Callable, Iterable, Sequence
 from typing import Generic, TypeVar
 
 import mode
@@ -42,36 +43,46 @@ class ReadBack(Generic[T]):
 
     The stage reads every record from Kafka as usual; for one whose bytes were written here it
     takes the object kept instead of parsing them again (the same bytes decode to an equal
-    object). Only records of partitions the stage owns are kept, each until it is read back
-    or, oldest first, while more than ``max_bytes`` of records are kept; losing partitions
-    forgets them all.
+    object). Only records of partitions the stage owns are kept, each until it is read back;
+    losing partitions forgets them all. With ``max_bytes`` of records kept, a new one is not:
+    the stage reads the kept ones first, so under a backlog a record kept is one read back
+    soon (dropping the oldest instead would drop each just before it is read). Records kept
+    longer than ``stale`` seconds (written, but never read: a write Kafka did not take, offsets
+    moved past them) make room for new ones.
     """
 
-    def __init__(self, max_bytes: int) -> None:
-        self.max_bytes = max_bytes
+    def __init__(self, max_bytes: int, stale: float = 60.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.max_bytes, self.stale, self.clock = max_bytes, stale, clock
         #: Partition numbers the stage owns.
         self.owned: set[int] = set()
-        self._kept: dict[bytes, T] = {}
+        #: Oldest first (popping the first entry of a plain dict slows down as entries before
+        #: it are deleted): the decoded record and when it was kept.
+        self._kept: OrderedDict[bytes, tuple[T, float]] = OrderedDict()
         self._bytes = 0
 
     def keep(self, partition: int, value: bytes, decoded: T) -> None:
-        """Keep what ``value`` decodes to, when it goes to a partition the stage owns."""
+        """Keep what ``value`` decodes to, when it goes to a partition the stage owns and
+        there is room."""
         kept = self._kept
         if partition not in self.owned or value in kept:
             return
-        kept[value] = decoded
-        self._bytes += len(value)
-        while self._bytes > self.max_bytes:
-            oldest = next(iter(kept))
-            del kept[oldest]
+        now = self.clock()
+        while self._bytes + len(value) > self.max_bytes:
+            if not kept or now - next(iter(kept.values()))[1] < self.stale:
+                return
+            oldest, _ = kept.popitem(last=False)
             self._bytes -= len(oldest)
+        kept[value] = (decoded, now)
+        self._bytes += len(value)
 
     def take(self, value: bytes) -> T | None:
         """What a record with these bytes decodes to, if kept (then forgotten)."""
-        decoded = self._kept.pop(value, None)
-        if decoded is not None:
-            self._bytes -= len(value)
-        return decoded
+        entry = self._kept.pop(value, None)
+        if entry is None:
+            return None
+        self._bytes -= len(value)
+        return entry[0]
 
     def own(self, partitions: set[int]) -> None:
         """The stage now owns these partitions too."""

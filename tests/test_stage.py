@@ -19,17 +19,31 @@ def test_only_records_of_owned_partitions_are_kept_and_each_is_taken_once() -> N
     assert kept.take(b"never written") is None
 
 
-def test_the_oldest_are_forgotten_beyond_the_bytes_and_all_when_partitions_are_lost() -> None:
-    kept: ReadBack[int] = ReadBack(max_bytes=30)  # three records of 10 bytes
-    kept.own({0, 1})
-    for i in range(5):
+def test_beyond_the_bytes_new_records_wait_for_room_and_stale_ones_make_room() -> None:
+    now = [0.0]
+    kept: ReadBack[int] = ReadBack(max_bytes=30, stale=60.0, clock=lambda: now[0])
+    kept.own({0})
+    for i in range(5):  # three records of 10 bytes fit: the stage reads those first
         kept.keep(0, b"record %03d" % i, i)
-    kept.keep(0, b"record 004", 4)  # the same bytes again: still one record
-    assert [kept.take(b"record %03d" % i) for i in range(5)] == [None, None, 2, 3, 4]
-    for i in range(3):  # taken records no longer count
-        kept.keep(0, b"again! %03d" % i, i)
-    assert [kept.take(b"again! %03d" % i) for i in range(3)] == [0, 1, 2]
+    kept.keep(0, b"record 002", 2)  # the same bytes again: still one record
+    assert kept.take(b"record 000") == 0
+    kept.keep(0, b"record 005", 5)  # room again
+    assert [kept.take(b"record %03d" % i) for i in range(1, 6)] == [1, 2, None, None, 5]
 
+    for i in range(3):  # never read (a write Kafka did not take)
+        kept.keep(0, b"lost %05d" % i, i)
+    now[0] = 59.0
+    kept.keep(0, b"fresh 0000", 10)
+    assert kept.take(b"fresh 0000") is None  # no room yet
+    now[0] = 61.0
+    kept.keep(0, b"fresh 0001", 11)  # the oldest stale record made room
+    assert kept.take(b"fresh 0001") == 11
+    assert [kept.take(b"lost %05d" % i) for i in range(3)] == [None, 1, 2]
+
+
+def test_all_are_forgotten_when_partitions_are_lost() -> None:
+    kept: ReadBack[int] = ReadBack(max_bytes=100)
+    kept.own({0, 1})
     kept.keep(0, b"on 0", 0)
     kept.keep(1, b"on 1", 1)
     kept.disown({1})
