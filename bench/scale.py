@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from common import make_alerts, webhook_body
+from common import make_alerts, tenant_namespace, webhook_body
 
 from nmstream.config.selection import select
 from nmstream.config.view import ConfigView
@@ -58,11 +58,12 @@ def cluster(tenants: int) -> ConfigView:
     put("WebhookConfig", "default", {"type": "default"}, {})
     put("WebhookReceiver", "global", {"type": "global"}, {"url": "http://127.0.0.1:9/"})
     for i in range(tenants):
-        labels = {"type": "tenant", "namespace": f"tenant-{i}"}
-        put("WebhookReceiver", f"tenant-{i}", labels, {
+        namespace = tenant_namespace(i)
+        labels = {"type": "tenant", "namespace": namespace}
+        put("WebhookReceiver", namespace, labels, {
             "url": "http://127.0.0.1:9/",
-            "webhookConfigSelector": {"matchLabels": {"namespace": f"tenant-{i}"}}})
-        put("WebhookConfig", f"tenant-{i}", labels, {})
+            "webhookConfigSelector": {"matchLabels": {"namespace": namespace}}})
+        put("WebhookConfig", namespace, labels, {})
     return view
 
 
@@ -86,9 +87,9 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
 
-    view, labels = cluster(args.tenants), {"alertname": "A", "namespace": "tenant-7"}
+    view, labels = cluster(args.tenants), {"alertname": "A", "namespace": tenant_namespace(7)}
     assert [s.receiver.metadata.name for s in select(labels, view.snapshot()).selected] == [
-        "global", "tenant-7"]
+        "global", tenant_namespace(7)]
 
     def changed() -> None:
         view.version += 1  # as any change does: the next read rebuilds the snapshot
