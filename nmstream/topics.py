@@ -89,13 +89,31 @@ def raw_topic(spec: TopicSpec) -> Any:
 
 dlq_topics = {c: raw_topic(spec) for c, spec in DLQ.items()}
 retry_topics = {c: raw_topic(spec) for c, spec in RETRY.items()}
-sent_topic = raw_topic(SENT)
+
+
+def _kafka_producer() -> Any:
+    """The aiokafka producer under Faust's (one producer, one flush, for both paths)."""
+    faust_producer: Any = app.producer
+    return faust_producer._ensure_producer()
 
 
 async def partition_count(topic: str) -> int:
     """How many partitions the producer knows ``topic`` to have."""
-    faust_producer: Any = app.producer
-    return len(await faust_producer._ensure_producer().partitions_for(topic))
+    return len(await _kafka_producer().partitions_for(topic))
+
+
+def _report_failure(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled() and (exc := future.exception()) is not None:
+        log.warning("Kafka did not take a record: %s", exc)
+
+
+async def send_keyed(topic: str, key: bytes, value: bytes) -> None:
+    """Queue one record on the partition of its key (the partitioner Faust's sends use) without
+    waiting for Kafka: it is flushed before any offset is committed (see
+    :meth:`~nmstream.stage.Stage.commit`). Faust's send path (channel, future message,
+    callbacks) cost more than the write itself on ``nmstream-sent``, one record per outcome."""
+    future = await _kafka_producer().send(topic, value, key=key)
+    future.add_done_callback(_report_failure)
 
 
 async def send_batched(
@@ -111,8 +129,7 @@ async def send_batched(
     few (:data:`SMALL_SEND`) join the batches being filled, so that small posts arriving
     together leave together.
     """
-    faust_producer: Any = app.producer
-    producer = faust_producer._ensure_producer()
+    producer = _kafka_producer()
     by_partition: dict[int, list[tuple[bytes, bytes, int]]] = {}
     for number, record in zip(numbers, records, strict=True):
         by_partition.setdefault(number, []).append(record)
