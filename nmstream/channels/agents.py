@@ -53,6 +53,7 @@ from nmstream.metrics import (
     NOTIFICATIONS_SENT,
     REDELIVERIES_SKIPPED,
     SEND_SECONDS,
+    child,
 )
 from nmstream.render.models import DeadLetter, Notification, SentRecord
 from nmstream.routing.models import decode
@@ -102,7 +103,7 @@ async def deliver(notification: Notification, config: Any = None) -> Outcome:
     except MissingSecret as exc:
         return Outcome.permanent(str(exc))
     finally:
-        SEND_SECONDS.labels(channel=notification.channel).observe(time.perf_counter() - started)
+        child(SEND_SECONDS, notification.channel).observe(time.perf_counter() - started)
 
 
 def backoff(attempts: int, retry_after: float | None) -> float:
@@ -118,7 +119,7 @@ async def settle(notification: Notification, outcome: Outcome) -> None:
     ``nmstream-retry-<channel>``, anything else that failed to ``nmstream-dlq-<channel>``."""
     channel, now = notification.channel, utcnow()
     attempts = notification.attempt + 1
-    NOTIFICATIONS_SENT.labels(channel=channel, outcome=outcome.verdict.value).inc()
+    child(NOTIFICATIONS_SENT, channel, outcome.verdict.value).inc()
     status: Literal["delivered", "retrying", "dead-lettered"] = "delivered"
     if outcome.verdict != Verdict.DELIVERED:
         failures = [*notification.failures,
@@ -139,7 +140,7 @@ async def settle(notification: Notification, outcome: Outcome) -> None:
             status = "dead-lettered"
     elif notification.received_at is not None:
         latency = (now - notification.received_at).total_seconds()
-        DELIVERY_LATENCY.labels(channel=channel).observe(max(latency, 0.0))
+        child(DELIVERY_LATENCY, channel).observe(max(latency, 0.0))
     await record_outcome(SentRecord(
         notification_id=notification.id, status=status, channel=channel,
         receiver=notification.receiver, tenant=notification.receiver.tenant,
