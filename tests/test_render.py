@@ -140,7 +140,8 @@ def test_template_precedence_receiver_then_channel_then_global_then_default() ->
 
 
 def test_user_template_directory_overrides_and_reloads(tmp_path: Path) -> None:
-    renderer = Renderer([tmp_path])
+    now = [100.0]
+    renderer = Renderer([tmp_path], reload_check=1.0, clock=lambda: now[0])
     (tmp_path / "team.text.j2").write_text("{{ alerts | length }} for {{ receiver }}")
     group = group_of("alert.json")
     assert renderer.render("slack", Choice(None, "team.text"), group)[0].body == "9 for golden"
@@ -149,6 +150,9 @@ def test_user_template_directory_overrides_and_reloads(tmp_path: Path) -> None:
     (tmp_path / "team.text.j2").write_text("v2: {{ status }}")
     stat = (tmp_path / "team.text.j2").stat()
     os.utime(tmp_path / "team.text.j2", ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    now[0] += 0.5  # the file is not looked at again within reload_check
+    assert renderer.render("slack", Choice(None, "team.text"), group)[0].body == "9 for golden"
+    now[0] += 0.5
     assert renderer.render("slack", Choice(None, "team.text"), group)[0].body == "v2: firing"
 
     (tmp_path / "nm.default.text.j2").write_text("overridden {{ alerts | length }}")

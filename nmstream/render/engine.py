@@ -2,7 +2,8 @@
 
 A template is a file ``<name>.j2``: the defaults live in ``nmstream/render/templates``; user
 templates (``options.global.templateFile``: directories, e.g. a mounted ConfigMap) come first
-and are reloaded when their files change (Jinja checks modification times on every lookup).
+and are reloaded when their files change (a template's modification time is checked at most
+once a :data:`RELOAD_CHECK`, not on every render).
 Templates run sandboxed, with undefined names an error, so a broken user template fails its
 notification instead of sending something half-rendered.
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,6 +47,8 @@ LIMITS: dict[str, tuple[int, Callable[[str], int]]] = {
     "slack": (40000, len),
 }
 TRUNCATED = "\n…(truncated)"
+#: Seconds a loaded template is used before its file's modification time is checked again.
+RELOAD_CHECK = 1.0
 
 
 class TemplateError(Exception):
@@ -52,12 +56,29 @@ class TemplateError(Exception):
 
 
 class _Loader(jinja2.FileSystemLoader):
-    """Looks ``name`` up as ``name.j2`` in the user directories, then the defaults."""
+    """Looks ``name`` up as ``name.j2`` in the user directories, then the defaults; a template
+    counts as up to date for ``reload_check`` seconds after it was loaded or checked."""
+
+    def __init__(self, dirs: Sequence[Path], reload_check: float,
+                 clock: Callable[[], float]) -> None:
+        super().__init__(dirs)
+        self.reload_check, self.clock = reload_check, clock
 
     def get_source(
         self, environment: jinja2.Environment, template: str
     ) -> tuple[str, str, Callable[[], bool]]:
-        return super().get_source(environment, template + SUFFIX)
+        source, filename, uptodate = super().get_source(environment, template + SUFFIX)
+        checked = self.clock()
+
+        def fresh() -> bool:
+            nonlocal checked
+            now = self.clock()
+            if now - checked < self.reload_check:
+                return True
+            checked = now
+            return uptodate()
+
+        return source, filename, fresh
 
 
 def sorted_pairs(mapping: Mapping[str, str]) -> list[tuple[str, str]]:
@@ -217,10 +238,12 @@ class Message:
 class Renderer:
     """Renders groups with the default templates and the user's template directories."""
 
-    def __init__(self, user_dirs: Sequence[str | os.PathLike[str]] = ()) -> None:
+    def __init__(self, user_dirs: Sequence[str | os.PathLike[str]] = (),
+                 reload_check: float = RELOAD_CHECK,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.user_dirs = [Path(d) for d in user_dirs]
         self.env = SandboxedEnvironment(
-            loader=_Loader([*self.user_dirs, DEFAULTS]),
+            loader=_Loader([*self.user_dirs, DEFAULTS], reload_check, clock),
             undefined=jinja2.StrictUndefined,
             autoescape=lambda name: name is not None and name.endswith("html" + SUFFIX),
             auto_reload=True,
