@@ -87,7 +87,6 @@ def raw_topic(spec: TopicSpec) -> Any:
     )
 
 
-dlq_topics = {c: raw_topic(spec) for c, spec in DLQ.items()}
 retry_topics = {c: raw_topic(spec) for c, spec in RETRY.items()}
 
 
@@ -107,13 +106,15 @@ def _report_failure(future: asyncio.Future[Any]) -> None:
         log.warning("Kafka did not take a record: %s", exc)
 
 
-async def send_keyed(topic: str, key: bytes, value: bytes) -> None:
-    """Queue one record on the partition of its key (the partitioner Faust's sends use) without
-    waiting for Kafka: it is flushed before any offset is committed (see
-    :meth:`~nmstream.stage.Stage.commit`). Faust's send path (channel, future message,
-    callbacks) cost more than the write itself on ``nmstream-sent``, one record per outcome."""
-    future = await _kafka_producer().send(topic, value, key=key)
+async def send_keyed(topic: str, key: bytes, value: bytes) -> asyncio.Future[Any]:
+    """Queue one record on the partition of its key (the partitioner Faust's sends use) and
+    return its acknowledgement, which need not be awaited: what is queued is flushed before any
+    offset is committed (see :meth:`~nmstream.stage.Stage.commit`), and a failure is logged.
+    Faust's send path (channel, future message, callbacks) cost three times the write itself:
+    63-68 against 19-22 µs of CPU a record on the embedded broker."""
+    future: asyncio.Future[Any] = await _kafka_producer().send(topic, value, key=key)
     future.add_done_callback(_report_failure)
+    return future
 
 
 async def send_batched(

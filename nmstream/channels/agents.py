@@ -58,7 +58,7 @@ from nmstream.metrics import (
 from nmstream.render.models import DeadLetter, Notification, SentRecord
 from nmstream.routing.models import decode
 from nmstream.stage import Batches, ReadBack, Stage, StageService
-from nmstream.topics import NOTIFY, RETRY, SENT, dlq_topics, retry_topics
+from nmstream.topics import DLQ, NOTIFY, RETRY, SENT, retry_topics, send_keyed
 
 log = logging.getLogger(__name__)
 
@@ -130,13 +130,12 @@ async def settle(notification: Notification, outcome: Outcome) -> None:
                 and age < settings.retry_max_age):
             wait = backoff(attempts, outcome.retry_after)
             retry = failed.model_copy(update={"not_before": now + timedelta(seconds=wait)})
-            await retry_topics[channel].send(key=notification.id.encode(),
-                                             value=retry.to_bytes())
+            await send_keyed(RETRY[channel].name, notification.id.encode(), retry.to_bytes())
             status = "retrying"
         else:
             letter = DeadLetter(stage="deliver", channel=channel, error=outcome.reason,
                                 notification=failed, failed_at=now)
-            await dlq_topics[channel].send(key=notification.id.encode(), value=letter.to_bytes())
+            await send_keyed(DLQ[channel].name, notification.id.encode(), letter.to_bytes())
             status = "dead-lettered"
     elif notification.received_at is not None:
         latency = (now - notification.received_at).total_seconds()

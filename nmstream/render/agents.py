@@ -26,7 +26,7 @@ from nmstream.render.engine import Renderer, TemplateError, choose
 from nmstream.render.models import DeadLetter, Notification, notification_id
 from nmstream.routing.models import AlertGroup, decode
 from nmstream.stage import Batches, Stage, StageService
-from nmstream.topics import GROUPS, NOTIFY, dlq_topics, partition_count, send_batched
+from nmstream.topics import DLQ, GROUPS, NOTIFY, partition_count, send_batched, send_keyed
 
 log = logging.getLogger(__name__)
 
@@ -93,8 +93,8 @@ async def write_notifications(groups: Sequence[tuple[AlertGroup, int]]) -> None:
                     "group %s for %s: %s", group.group_id, group.receiver.key, exc)
             letter = DeadLetter(stage="render", channel=channel, error=str(exc),
                                 group=group, failed_at=utcnow())
-            futures.append(await dlq_topics[channel].send(key=group.group_id.encode(),
-                                                          value=letter.to_bytes()))
+            futures.append(await send_keyed(DLQ[channel].name, group.group_id.encode(),
+                                            letter.to_bytes()))
             continue
         out[channel] += [(partition, n) for n in rendered]
     for channel, notes in out.items():
