@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any
 
 from faust.web import Request, Response, View
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from nmstream.app import app
-from nmstream.topics import guard
+from nmstream.topics import guard, kafka_producer
 
 BROKER_CHECK_TTL = 1.0
 BROKER_CHECK_TIMEOUT = 2.0
@@ -29,8 +28,7 @@ class BrokerProbe:
         if now - self.checked_at > BROKER_CHECK_TTL:
             self.checked_at = now
             try:
-                producer: Any = app.producer
-                client = producer._ensure_producer().client
+                client = kafka_producer().client
                 await asyncio.wait_for(client.fetch_all_metadata(), BROKER_CHECK_TIMEOUT)
             except Exception as exc:  # every failure means "not reachable"
                 self.error = str(exc) or type(exc).__name__
