@@ -145,15 +145,20 @@ def test_user_template_directory_overrides_and_reloads(tmp_path: Path) -> None:
     (tmp_path / "team.text.j2").write_text("{{ alerts | length }} for {{ receiver }}")
     group = group_of("alert.json")
     assert renderer.render("slack", Choice(None, "team.text"), group)[0].body == "9 for golden"
+    generation = renderer.generation  # what a render ahead of time is checked against
 
     time.sleep(0.01)
     (tmp_path / "team.text.j2").write_text("v2: {{ status }}")
     stat = (tmp_path / "team.text.j2").stat()
     os.utime(tmp_path / "team.text.j2", ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
     now[0] += 0.5  # the file is not looked at again within reload_check
+    assert not renderer.changed_since(generation)
     assert renderer.render("slack", Choice(None, "team.text"), group)[0].body == "9 for golden"
     now[0] += 0.5
+    assert renderer.changed_since(generation)  # before any render loads it again
     assert renderer.render("slack", Choice(None, "team.text"), group)[0].body == "v2: firing"
+    assert renderer.changed_since(generation)
+    assert not renderer.changed_since(renderer.generation)
 
     (tmp_path / "nm.default.text.j2").write_text("overridden {{ alerts | length }}")
     assert renderer.render("slack", Choice(None, "nm.default.text"), group)[0].body == (

@@ -1,19 +1,25 @@
-"""The router's group timers: groups are written when due, once, soonest first; and a write
-Kafka refused is tried again. Without a broker: writes are recorded instead of sent."""
+"""The router's group timers: groups are written when due, once, soonest first; a write Kafka
+refused is tried again; groups are rendered ahead while the router is idle, and it gives way to
+ingest's posts. Without a broker: writes are recorded instead of sent."""
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
 import pytest
 from aiokafka import TopicPartition
 from aiokafka.errors import KafkaTimeoutError
+from aiokafka.structs import ConsumerRecord
 
+from nmstream.config.agents import state
 from nmstream.ingest.models import Alert, AlertRecord, GroupContext, Received
+from nmstream.render.agents import Rendered
 from nmstream.routing import agents
-from nmstream.routing.agents import Pending, Router
+from nmstream.routing.agents import GIVE_WAY, GIVE_WAY_MAX, RENDER_AHEAD, Pending, Router
+from nmstream.routing.batching import batching
 from nmstream.routing.models import AlertGroup, ReceiverRef
 from nmstream.topics import ALERTS
 
@@ -44,6 +50,7 @@ def pend(router: Router, gid: str, received: float, offset: int = 0) -> Pending:
     group = router.pending[gid] = Pending(gid, REF, {}, 0, first, received + WAIT)
     router.schedule(group)
     group.add(first, 0, offset, WAIT)
+    router.changed(group)
     return group
 
 
@@ -88,8 +95,8 @@ def test_stale_timers_stay_bounded() -> None:
     router = RecordingRouter()
     for i in range(5000):  # every group fills up and is written before it is due
         pend(router, f"g{i}", 1000 + i)
-        router.pending.pop(f"g{i}")
-    assert len(router.timers) <= 1025
+        router.pop(f"g{i}")
+    assert len(router.timers) <= 1025 and len(router.ahead) <= 1025
     pend(router, "kept", 2000)
     assert flush(router, 9000) == ["kept"]
 
@@ -121,3 +128,84 @@ def test_groups_kafka_refused_are_written_again_with_what_arrived_meanwhile(
     asyncio.run(router.flush_due(1010.02))  # the next tick
     assert written == [[("g", 0, [""])], [("g", 0, ["", "2"])]]
     assert router.pending == {} and list(router.held()) == []
+
+
+def test_groups_due_soon_are_rendered_ahead_once_and_again_after_a_change(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    router = Router()
+    now = time.time()
+    soon = pend(router, "soon", now + 0.2 - WAIT)  # due in 0.2 s
+    later = pend(router, "later", now + RENDER_AHEAD + 1 - WAIT)  # not within the horizon
+    assert not router.render_ahead(RENDER_AHEAD, 1.0)
+    assert soon.rendered is not None and later.rendered is None
+    assert router.unrendered == {"later"}
+    rendered = soon.rendered
+    assert not router.render_ahead(RENDER_AHEAD, 1.0) and soon.rendered is rendered  # once
+
+    soon.add(record("soon", now + 0.3 - WAIT, pod="2"), 0, 5, WAIT)  # a new alert
+    router.changed(soon)
+    assert soon.rendered is None
+    router.render_ahead(RENDER_AHEAD, 1.0)
+    assert soon.rendered is not None
+    (notification, _), = soon.rendered.notifications
+    assert len(notification.fingerprints) == 2
+
+    written: list[tuple[AlertGroup | Rendered, int]] = []
+
+    async def record_write(groups: Sequence[tuple[AlertGroup | Rendered, int]]) -> None:
+        written.extend(groups)
+
+    monkeypatch.setattr(agents, "write_notifications", record_write)
+    asyncio.run(router.flush_due(now + 1))
+    assert written == [(soon.rendered, 0)] and router.unrendered == {"later"}
+
+    # rendered ahead, but the view changed since: rendered again when due
+    router.render_ahead(RENDER_AHEAD + 2, 1.0)
+    assert later.rendered is not None
+    monkeypatch.setattr(state.view, "version", state.view.version + 1)
+    assert isinstance(later.ready(), AlertGroup)
+
+
+def test_rendering_ahead_yields_after_its_budget() -> None:
+    router = Router()
+    now = time.time()
+    groups = [pend(router, f"g{i}", now + 0.1 - WAIT) for i in range(3)]
+    assert router.render_ahead(RENDER_AHEAD, 0.0)  # one group, then the loop's turn
+    assert [g.rendered is not None for g in groups] == [True, False, False]
+    assert router.render_ahead(RENDER_AHEAD, 0.0)
+    assert not router.render_ahead(RENDER_AHEAD, 0.0)
+    assert all(g.rendered is not None for g in groups) and router.unrendered == set()
+
+
+def batch(received: float) -> dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]:
+    tp = TopicPartition(ALERTS.name, 0)
+    return {tp: [ConsumerRecord(ALERTS.name, 0, 0, int(received * 1000), 0, None, b"{}", None,
+                                0, 2, [])]}
+
+
+def test_the_router_gives_way_to_posts_in_flight_for_a_bounded_time() -> None:
+    async def scenario() -> None:
+        router = Router()
+        started = time.monotonic()
+        await router.give_way(batch(time.time()))  # no post in flight: no wait
+        assert time.monotonic() - started < 0.05
+
+        with router.post():  # a post answered after 0.1 s
+            waiting = asyncio.create_task(router.give_way(batch(time.time())))
+            await asyncio.sleep(0.1)
+            assert not waiting.done() and not router.idle()
+        await asyncio.wait_for(waiting, 1.0)
+
+        # a post that takes long: the batch waits until GIVE_WAY of batchMaxWait (at most
+        # GIVE_WAY_MAX) after its oldest alert was received, not longer
+        received = time.time() - min(GIVE_WAY * batching().max_wait, GIVE_WAY_MAX) + 0.1
+        with router.post():
+            started = time.monotonic()
+            await asyncio.wait_for(router.give_way(batch(received)), 1.0)
+            assert 0.05 < time.monotonic() - started < 0.5
+            router.handled_at = 0.0
+            assert not router.idle()  # nor does it render ahead meanwhile
+        assert router.idle()
+
+    asyncio.run(scenario())

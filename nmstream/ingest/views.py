@@ -114,6 +114,11 @@ class IngestAlerts(View):
 
     async def post(self, request: Request) -> Response:
         """200 once Kafka has every alert; 4xx for bad input; 503 when Kafka cannot take them."""
+        with router.post():
+            return await self.answer(request)
+
+    async def answer(self, request: Request) -> Response:
+        """The answer to a post."""
         try:
             body = await read_body(cast(web.Request, request), settings.max_body_bytes)
             group, alerts = parse(body)

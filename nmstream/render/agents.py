@@ -14,6 +14,7 @@ import logging
 import time
 from collections import defaultdict
 from collections.abc import Awaitable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -41,9 +42,7 @@ def renderer_for(template_files: list[str]) -> Renderer:
     return _renderers[dirs]
 
 
-def notifications(group: AlertGroup, receiver: Any = None) -> list[Notification]:
-    """Render a group with the templates its receiver (by default the one in the view),
-    channel and manager select."""
+def _render(group: AlertGroup, receiver: Any = None) -> tuple[Renderer, list[Notification]]:
     manager = state.view.manager()
     options = manager.spec.receivers.options if manager is not None else None
     files = options.global_.template_files if options and options.global_ else []
@@ -51,7 +50,8 @@ def notifications(group: AlertGroup, receiver: Any = None) -> list[Notification]
         receiver = state.view.get(group.receiver.kind, group.receiver.name)
     channel = group.receiver.channel
     choice = choose(channel, receiver.spec if receiver is not None else None, manager)
-    messages = renderer_for(files).render(channel, choice, group)
+    renderer = renderer_for(files)
+    messages = renderer.render(channel, choice, group)
     now = utcnow()
     out = []
     for part, message in enumerate(messages, start=1):
@@ -72,18 +72,57 @@ def notifications(group: AlertGroup, receiver: Any = None) -> list[Notification]
             created_at=now,
             received_at=group.received_at,
         ))
-    return out
+    return renderer, out
 
 
-async def write_notifications(groups: Sequence[tuple[AlertGroup, int]]) -> None:
-    """Render ``(group, partition)`` pairs and write the notifications of each group to that
-    partition number of ``nmstream-notify-<channel>`` (one record batch per partition), a group
-    whose template fails to ``nmstream-dlq-<channel>``; returns once Kafka has them all. The
-    dispatcher of this worker is handed the notifications of its partitions."""
+def notifications(group: AlertGroup, receiver: Any = None) -> list[Notification]:
+    """Render a group with the templates its receiver (by default the one in the view),
+    channel and manager select."""
+    return _render(group, receiver)[1]
+
+
+@dataclass(frozen=True)
+class Rendered:
+    """A group's notifications and their records, rendered before the group was due, and
+    what they were rendered with."""
+
+    notifications: list[tuple[Notification, bytes]]
+    version: int
+    renderer: Renderer
+    generation: int
+
+    def current(self) -> bool:
+        """Whether rendering now would give the same: neither the view nor a template
+        changed since."""
+        return (self.version == state.view.version
+                and not self.renderer.changed_since(self.generation))
+
+
+def render_ahead(group: AlertGroup) -> Rendered | None:
+    """The group's notifications, for when it is due; None when its template fails (it is
+    rendered again when due, and dead-lettered then)."""
+    version = state.view.version
+    try:
+        renderer, rendered = _render(group)
+    except Exception:  # reported when due
+        return None
+    return Rendered([(n, n.to_bytes()) for n in rendered], version, renderer, renderer.generation)
+
+
+async def write_notifications(groups: Sequence[tuple[AlertGroup | Rendered, int]]) -> None:
+    """Render ``(group, partition)`` pairs (a group rendered ahead is taken as it is) and
+    write the notifications of each group to that partition number of
+    ``nmstream-notify-<channel>`` (one record batch per partition), a group whose template
+    fails to ``nmstream-dlq-<channel>``; returns once Kafka has them all. The dispatcher of
+    this worker is handed the notifications of its partitions."""
     now_ms = int(time.time() * 1000)
-    out: dict[str, list[tuple[int, Notification]]] = defaultdict(list)
+    out: dict[str, list[tuple[int, Notification, bytes]]] = defaultdict(list)
     futures: list[Awaitable[Any]] = []
     for group, partition in groups:
+        if isinstance(group, Rendered):
+            for n, value in group.notifications:
+                out[n.channel].append((partition, n, value))
+            continue
         channel = group.receiver.channel
         try:
             rendered = notifications(group)
@@ -96,13 +135,12 @@ async def write_notifications(groups: Sequence[tuple[AlertGroup, int]]) -> None:
             futures.append(await send_keyed(DLQ[channel].name, group.group_id.encode(),
                                             letter.to_bytes()))
             continue
-        out[channel] += [(partition, n) for n in rendered]
+        out[channel] += [(partition, n, n.to_bytes()) for n in rendered]
     for channel, notes in out.items():
         topic = NOTIFY[channel].name
         count, read_back = await partition_count(topic), dispatch.read_back[topic]
         numbers, records = [], []
-        for partition, notification in notes:
-            value = notification.to_bytes()
+        for partition, notification, value in notes:
             numbers.append(partition % count)
             records.append((notification.id.encode(), value, now_ms))
             read_back.keep(numbers[-1], value, notification)

@@ -63,11 +63,15 @@ class _Loader(jinja2.FileSystemLoader):
                  clock: Callable[[], float]) -> None:
         super().__init__(dirs)
         self.reload_check, self.clock = reload_check, clock
+        #: Templates loaded so far (a reload counts): a render ahead of time is current while
+        #: this stays the same.
+        self.loads = 0
 
     def get_source(
         self, environment: jinja2.Environment, template: str
     ) -> tuple[str, str, Callable[[], bool]]:
         source, filename, uptodate = super().get_source(environment, template + SUFFIX)
+        self.loads += 1
         checked = self.clock()
 
         def fresh() -> bool:
@@ -75,8 +79,10 @@ class _Loader(jinja2.FileSystemLoader):
             now = self.clock()
             if now - checked < self.reload_check:
                 return True
+            if not uptodate():
+                return False  # until it is loaded again
             checked = now
-            return uptodate()
+            return True
 
         return source, filename, fresh
 
@@ -242,14 +248,27 @@ class Renderer:
                  reload_check: float = RELOAD_CHECK,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.user_dirs = [Path(d) for d in user_dirs]
+        self.loader = _Loader([*self.user_dirs, DEFAULTS], reload_check, clock)
         self.env = SandboxedEnvironment(
-            loader=_Loader([*self.user_dirs, DEFAULTS], reload_check, clock),
+            loader=self.loader,
             undefined=jinja2.StrictUndefined,
             autoescape=lambda name: name is not None and name.endswith("html" + SUFFIX),
             auto_reload=True,
         )
         self.env.filters["sorted_pairs"] = sorted_pairs
         self.env.policies["json.dumps_function"] = _dumps
+
+    @property
+    def generation(self) -> int:
+        """Changes whenever a template is loaded or reloaded."""
+        return self.loader.loads
+
+    def changed_since(self, generation: int) -> bool:
+        """Whether a template was loaded since ``generation``, or a loaded one's file changed
+        (checked at most once a ``reload_check``, as on render)."""
+        cache = self.env.cache
+        return self.loader.loads != generation or (
+            cache is not None and not all(t.is_up_to_date for t in cache.values()))
 
     def render_one(self, name: str, data: Mapping[str, Any]) -> str:
         """Render template ``name``; any failure is a :class:`TemplateError` naming it."""

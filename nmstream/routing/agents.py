@@ -17,6 +17,9 @@ that topic in batches with its own consumer group (``<app id>-route``) and, per 
 The alerts ingest wrote in this worker are handed to it as decoded (see
 :class:`~nmstream.stage.ReadBack`), so a record is parsed only by a router in another worker
 or when read again; likewise the router hands its notifications to this worker's dispatcher.
+The router gives way to ingest while posts wait for Kafka (:meth:`Router.give_way`), and
+renders the groups due soon while it is idle (:meth:`Router.render_ahead`): when a burst's
+groups fall due, they are only written.
 
 It is a :class:`~nmstream.stage.Stage`: offsets are never committed past an alert whose
 notifications are not yet in Kafka, so after a crash or a rebalance the owner of the partition
@@ -26,12 +29,14 @@ can be lost).
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import heapq
 import itertools
 import logging
 import time
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -49,7 +54,7 @@ from nmstream.metrics import (
     ALERTS_UNROUTED,
     GROUPS_FLUSHED,
 )
-from nmstream.render.agents import write_notifications
+from nmstream.render.agents import Rendered, render_ahead, write_notifications
 from nmstream.render.models import SentRecord
 from nmstream.routing.batching import Batching, batching
 from nmstream.routing.dedup import Dedup
@@ -60,9 +65,18 @@ from nmstream.topics import ALERTS, NOTIFY
 log = logging.getLogger(__name__)
 
 FLUSH_TICK = 0.02
+#: The router gives way to ingest's posts until this share of ``batchMaxWait``, and at most
+#: :data:`GIVE_WAY_MAX` seconds, after a batch's oldest alert was received (see
+#: :meth:`Router.give_way`).
+GIVE_WAY = 0.3
+GIVE_WAY_MAX = 0.3
+#: When idle, the groups due within this many seconds are rendered ahead, at most
+#: :data:`AHEAD_SLICE` seconds at a time before the loop gets its turn.
+RENDER_AHEAD = 0.5
+AHEAD_SLICE = 0.002
 #: Bytes of alert records ingest keeps for the router (:class:`~nmstream.stage.ReadBack`):
-#: ~10,000 of the benchmark's, whose router lags ~3,000 behind ingest at most.
-READ_BACK_BYTES = 8 << 20
+#: ~30,000 of the benchmark's, whose router, giving way, lags up to ~20,000 behind ingest.
+READ_BACK_BYTES = 24 << 20
 _TARGET_EXCLUDED = ("alertSelector", "template", "subjectTemplate")
 
 
@@ -114,12 +128,15 @@ class Pending:
     offsets: dict[int, int] = field(default_factory=dict)
     #: The group's entry in the router's timers (older entries of it are stale).
     timer: int = -1
+    #: Its notifications, when rendered ahead since its last alert arrived.
+    rendered: Rendered | None = None
 
     def add(self, record: Received, partition: int, offset: int, max_wait: float) -> bool:
         """Take one alert (the newest status of a fingerprint wins); the group is due
         ``max_wait`` after its oldest alert was received. True when that made it due earlier."""
         self.alerts[record.fingerprint] = record.alert
         self.offsets.setdefault(partition, offset)
+        self.rendered = None
         if record.received_at < self.record.received_at:
             self.record = record
             self.due = record.received_at.timestamp() + max_wait
@@ -129,10 +146,17 @@ class Pending:
     def merge(self, newer: Pending) -> None:
         """Take what arrived for the same group while this one was being written."""
         self.alerts.update(newer.alerts)
+        self.rendered = None
         for partition, offset in newer.offsets.items():
             self.offsets[partition] = min(self.offsets.get(partition, offset), offset)
         if newer.record.received_at < self.record.received_at:
             self.record, self.due = newer.record, newer.due
+
+    def ready(self) -> AlertGroup | Rendered:
+        """Its notifications if rendered ahead and still current, else the group to render."""
+        if self.rendered is not None and self.rendered.current():
+            return self.rendered
+        return self.to_group()
 
     def to_group(self) -> AlertGroup:
         """The group as templates (and render dead letters) see it."""
@@ -161,12 +185,51 @@ class Router(Stage):
         #: Groups being written: their alerts are not committed until Kafka has their
         #: notifications.
         self.writing: set[Pending] = set()
+        #: Pending groups whose alerts changed since they were rendered ahead (or that were
+        #: not yet), and ``(due, group id)`` of them, soonest first (an entry of a group not
+        #: in the set is stale).
+        self.unrendered: set[str] = set()
+        self.ahead: list[tuple[float, str]] = []
+        #: When the last fetched batch was handled (``time.monotonic``).
+        self.handled_at = 0.0
+        #: Posts ingest is answering, and whether there are none.
+        self.posts = 0
+        self.no_posts = asyncio.Event()
+        self.no_posts.set()
         self.dedup = Dedup()
         #: What ingest in this worker wrote to the alerts partitions this router owns.
         self.read_back: ReadBack[Received] = ReadBack(READ_BACK_BYTES)
 
+    @contextlib.contextmanager
+    def post(self) -> Iterator[None]:
+        """Ingest answering a post: the router gives way meanwhile (see :meth:`give_way`)."""
+        self.posts += 1
+        self.no_posts.clear()
+        try:
+            yield
+        finally:
+            self.posts -= 1
+            if not self.posts:
+                self.no_posts.set()
+
+    async def give_way(self, batches: Batches) -> None:
+        """Let ingest answer the posts in flight first (an acknowledgement is what Alertmanager
+        waits for): wait until there are none, or until the batch's oldest alert was received
+        a :data:`GIVE_WAY` share of ``batchMaxWait`` ago (:data:`GIVE_WAY_MAX` at most). That
+        delays no notification but those of full groups: a group is due ``batchMaxWait``
+        after its oldest alert was received, not routed."""
+        if not self.posts:
+            return
+        oldest = min(records[0].timestamp for records in batches.values()) / 1000
+        wait = oldest + min(GIVE_WAY * batching().max_wait, GIVE_WAY_MAX) - time.time()
+        if wait > 0:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.no_posts.wait(), wait)
+
     async def handle(self, batches: Batches) -> None:
-        """Route, deduplicate and group a fetched batch; write the groups it filled."""
+        """Route, deduplicate and group a fetched batch (once ingest had its turn); write the
+        groups it filled."""
+        await self.give_way(batches)
         snapshot, grouping = state.view.snapshot(), batching()
         outcomes: list[SentRecord] = []
         full: list[Pending] = []
@@ -192,6 +255,7 @@ class Router(Stage):
             await record_outcome(outcome)
         if full:
             await self.write(full)
+        self.handled_at = time.monotonic()
 
     def take(self, record: Received, partition: int, offset: int, snapshot: Any,
              grouping: Batching, outcomes: list[SentRecord], full: list[Pending],
@@ -227,8 +291,25 @@ class Router(Stage):
                 self.schedule(group)
             if group.add(record, partition, offset, grouping.max_wait):
                 self.schedule(group)
+            self.changed(group)
             if len(group.alerts) >= grouping.max_size:
-                full.append(self.pending.pop(gid))
+                full.append(self.pop(gid))
+
+    def pop(self, gid: str) -> Pending:
+        """Take a group out of the pending ones, to write it."""
+        self.unrendered.discard(gid)
+        return self.pending.pop(gid)
+
+    def changed(self, group: Pending) -> None:
+        """Mark a group to be rendered (again) ahead of its due time (the entries are rebuilt
+        from the marked groups once stale ones outnumber them)."""
+        if group.group_id in self.unrendered:
+            return
+        if len(self.ahead) > 2 * len(self.unrendered) + 1024:
+            self.ahead = [(self.pending[g].due, g) for g in self.unrendered]
+            heapq.heapify(self.ahead)
+        self.unrendered.add(group.group_id)
+        heapq.heappush(self.ahead, (group.due, group.group_id))
 
     def schedule(self, group: Pending) -> None:
         """Set the group's timer to its due time (the entries are rebuilt from the pending
@@ -247,9 +328,30 @@ class Router(Stage):
             _, timer, gid = heapq.heappop(self.timers)
             group = self.pending.get(gid)
             if group is not None and group.timer == timer:
-                due.append(self.pending.pop(gid))
+                due.append(self.pop(gid))
         if due:
             await self.write(due)
+
+    def idle(self) -> bool:
+        """Whether ingest answers no post and no alerts were handled for a flush tick."""
+        return not self.posts and time.monotonic() - self.handled_at >= FLUSH_TICK
+
+    def render_ahead(self, horizon: float, budget: float) -> bool:
+        """Render the groups due within ``horizon`` seconds whose alerts changed since they
+        were last rendered, soonest due first, for ``budget`` seconds at most; True when some
+        are left. When due, a group is written as rendered if the view and its templates are
+        still the same."""
+        stop, until = time.perf_counter() + budget, time.time() + horizon
+        while self.ahead and self.ahead[0][0] <= until:
+            _, gid = heapq.heappop(self.ahead)
+            if gid not in self.unrendered:
+                continue
+            self.unrendered.discard(gid)
+            group = self.pending[gid]
+            group.rendered = render_ahead(group.to_group())
+            if time.perf_counter() >= stop:
+                return bool(self.ahead) and self.ahead[0][0] <= until
+        return False
 
     async def write(self, groups: list[Pending]) -> None:
         """Render groups and write their notifications (to the partition number of their
@@ -258,7 +360,7 @@ class Router(Stage):
         (a notification written twice has the same id, and is delivered once)."""
         self.writing.update(groups)
         try:
-            await write_notifications([(g.to_group(), g.partition) for g in groups])
+            await write_notifications([(g.ready(), g.partition) for g in groups])
         except Exception as exc:  # Kafka failed: keep the groups, retry on the next tick
             log.warning("cannot write %d groups (%s); retrying", len(groups), exc)
             for group in groups:
@@ -267,6 +369,7 @@ class Router(Stage):
                     group.merge(newer)
                 self.pending[group.group_id] = group
                 self.schedule(group)
+                self.changed(group)
         else:
             GROUPS_FLUSHED.inc(len(groups))
         finally:
@@ -284,7 +387,7 @@ class Router(Stage):
         lost = {tp.partition for tp in partitions}
         self.read_back.disown(lost)
         for gid in [g for g, p in self.pending.items() if p.partition in lost]:
-            del self.pending[gid]
+            self.pop(gid)
         self.dedup.forget(lost)
 
     async def assigned(self, partitions: set[TopicPartition]) -> None:
@@ -327,6 +430,17 @@ class RouterService(StageService):
         while not self.should_stop:
             await self.sleep(FLUSH_TICK)
             await router.flush_due()
+
+    @mode.Service.task
+    async def _render_ahead(self) -> None:
+        """While no alerts arrive, render the groups that wait: when due, they are only
+        written."""
+        while not self.should_stop:
+            await self.sleep(FLUSH_TICK)
+            while router.idle():
+                if not router.render_ahead(RENDER_AHEAD, AHEAD_SLICE):
+                    break
+                await asyncio.sleep(0)  # the loop's turn between slices
 
     @mode.Service.task
     async def _expire(self) -> None:
