@@ -85,7 +85,8 @@ class Settings(BaseSettings):
     )
     fetch_min_bytes: int = Field(
         65536, ge=1,
-        description="bytes a stage's fetch waits for (up to fetch_max_wait): fewer, fuller fetches",
+        description="bytes a stage's fetch waits for (up to fetch_max_wait): fewer, fuller "
+        "fetches; dispatch takes a notification at once",
     )
     delivered_window: float = Field(
         900.0, gt=0,

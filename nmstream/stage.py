@@ -105,6 +105,9 @@ class Stage:
 
     #: Records taken from Kafka at a time.
     fetch_records = 1000
+    #: Whether a fetch answers as soon as Kafka has a record, instead of waiting for
+    #: ``fetch_min_bytes`` (up to ``fetch_max_wait``).
+    eager = False
 
     def __init__(self, name: str, topics: Sequence[str]) -> None:
         self.name = name
@@ -133,6 +136,21 @@ class Stage:
     async def released(self, partitions: set[TopicPartition]) -> None:
         """Partitions this worker no longer owns, after what was safe is committed."""
 
+    def new_consumer(self) -> AIOKafkaConsumer:
+        """The stage's consumer: its group, no auto-commit, from the earliest record."""
+        return AIOKafkaConsumer(
+            bootstrap_servers=settings.bootstrap_servers,
+            group_id=self.group,
+            client_id=self.group,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            fetch_max_wait_ms=int(settings.fetch_max_wait * 1000),
+            fetch_min_bytes=1 if self.eager else settings.fetch_min_bytes,
+            session_timeout_ms=int(settings.session_timeout * 1000),
+            heartbeat_interval_ms=int(settings.heartbeat_interval * 1000),
+            rebalance_timeout_ms=int(settings.rebalance_timeout * 1000),
+        )
+
     async def run(self) -> None:
         """Consume once the receivers view is in sync, until cancelled."""
         await state.reader.synced.wait()
@@ -140,18 +158,7 @@ class Stage:
             await adopt_faust_offsets(self.group, self.topics)
         except Exception as exc:  # Kafka trouble: the group's own offsets, or the earliest
             log.warning("%s: cannot read the Faust group's offsets (%s)", self.name, exc)
-        consumer = AIOKafkaConsumer(
-            bootstrap_servers=settings.bootstrap_servers,
-            group_id=self.group,
-            client_id=self.group,
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            fetch_max_wait_ms=int(settings.fetch_max_wait * 1000),
-            fetch_min_bytes=settings.fetch_min_bytes,
-            session_timeout_ms=int(settings.session_timeout * 1000),
-            heartbeat_interval_ms=int(settings.heartbeat_interval * 1000),
-            rebalance_timeout_ms=int(settings.rebalance_timeout * 1000),
-        )
+        consumer = self.new_consumer()
         consumer.subscribe(self.topics, listener=_Rebalance(self))
         while True:
             try:

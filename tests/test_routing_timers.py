@@ -18,7 +18,14 @@ from nmstream.config.agents import state
 from nmstream.ingest.models import Alert, AlertRecord, GroupContext, Received
 from nmstream.render.agents import Rendered
 from nmstream.routing import agents
-from nmstream.routing.agents import GIVE_WAY, GIVE_WAY_MAX, RENDER_AHEAD, Pending, Router
+from nmstream.routing.agents import (
+    FLUSH_TICK,
+    GIVE_WAY,
+    GIVE_WAY_MAX,
+    RENDER_AHEAD,
+    Pending,
+    Router,
+)
 from nmstream.routing.batching import batching
 from nmstream.routing.models import AlertGroup, ReceiverRef
 from nmstream.topics import ALERTS
@@ -89,6 +96,20 @@ def test_a_group_written_when_full_is_not_written_again_by_its_old_timer() -> No
     pend(router, "g", 1008)  # the next group of the same id
     assert flush(router, 1010) == []
     assert flush(router, 1018) == ["g"]
+
+
+def test_the_flush_waits_until_the_soonest_due_group_a_tick_at_most() -> None:
+    router = RecordingRouter()
+    assert router.until_due(FLUSH_TICK) == FLUSH_TICK  # nothing pending
+    now = time.time()
+    pend(router, "later", now + 60 - WAIT)
+    assert router.until_due(FLUSH_TICK) == FLUSH_TICK
+    pend(router, "soon", now + 0.5 - WAIT)
+    assert 0.4 < router.until_due(1.0) <= 0.5
+    pend(router, "overdue", now - 1 - WAIT)
+    assert router.until_due(1.0) == 0
+    assert flush(router, time.time()) == ["overdue"]
+    assert 0.4 < router.until_due(1.0) <= 0.5
 
 
 def test_stale_timers_stay_bounded() -> None:

@@ -1,7 +1,15 @@
-"""ReadBack: what a worker wrote for its own stages, handed back instead of parsed again."""
+"""Stages: what a worker wrote for its own stages, handed back instead of parsed again
+(ReadBack); how each stage's consumer fetches."""
 
 from __future__ import annotations
 
+import asyncio
+
+from aiokafka import AIOKafkaConsumer
+
+from nmstream.app import settings
+from nmstream.channels.agents import dispatch
+from nmstream.routing.agents import router
 from nmstream.stage import ReadBack
 
 
@@ -52,3 +60,19 @@ def test_all_are_forgotten_when_partitions_are_lost() -> None:
     kept.keep(0, b"on 0 again", 0)
     assert kept.take(b"on 1 again") is None
     assert kept.take(b"on 0 again") == 0
+
+
+def test_dispatch_fetches_a_notification_as_soon_as_kafka_has_it_the_router_fetches_fuller_batches(
+) -> None:
+    async def consumers() -> tuple[AIOKafkaConsumer, AIOKafkaConsumer]:
+        made = dispatch.new_consumer(), router.new_consumer()
+        for consumer in made:
+            await consumer.stop()  # never started: nothing to close but the warning
+        return made
+
+    eager, batched = asyncio.run(consumers())
+    assert settings.fetch_min_bytes > 1
+    assert eager._fetch_min_bytes == 1
+    assert batched._fetch_min_bytes == settings.fetch_min_bytes
+    for consumer in (eager, batched):
+        assert consumer._fetch_max_wait_ms == int(settings.fetch_max_wait * 1000)

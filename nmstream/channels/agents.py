@@ -185,6 +185,9 @@ class Dispatch(Stage):
     them are taken, so a slow channel neither holds up another nor fills the memory. A record
     counts as handled once its outcome is written (see :class:`~nmstream.stage.Stage`)."""
 
+    #: A notification leaves as soon as it is in Kafka.
+    eager = True
+
     def __init__(self) -> None:
         super().__init__("dispatch", [spec.name for spec in NOTIFY.values()])
         self.channels = {spec.name: channel for channel, spec in NOTIFY.items()}

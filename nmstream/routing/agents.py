@@ -332,6 +332,13 @@ class Router(Stage):
         if due:
             await self.write(due)
 
+    def until_due(self, most: float) -> float:
+        """Seconds until the soonest timer (perhaps of a group written since), ``most`` at
+        most."""
+        if not self.timers:
+            return most
+        return min(max(self.timers[0][0] - time.time(), 0.0), most)
+
     def idle(self) -> bool:
         """Whether ingest answers no post and no alerts were handled for a flush tick."""
         return not self.posts and time.monotonic() - self.handled_at >= FLUSH_TICK
@@ -428,7 +435,7 @@ class RouterService(StageService):
     @mode.Service.task
     async def _flush(self) -> None:
         while not self.should_stop:
-            await self.sleep(FLUSH_TICK)
+            await self.sleep(router.until_due(FLUSH_TICK))
             await router.flush_due()
 
     @mode.Service.task
