@@ -363,11 +363,17 @@ class Load:
         return max(p.acked for p in self.posts)
 
 
+#: Answers a post is retried after (0: no answer); and how often at most.
+RETRIED = {0, 429}
+POST_ATTEMPTS = 60
+
+
 async def post_all(url: str | list[str], bodies: list[tuple[list[str], bytes]],
                    concurrency: int) -> Load:
     """Post every body, in order, with ``concurrency`` keep-alive clients (client i posts to
-    ``url[i % len(url)]`` when given several, as a Service spreads connections over pods); a
-    post answered other than 200 is retried after a second (as Alertmanager retries)."""
+    ``url[i % len(url)]`` when given several, as a Service spreads connections over pods). As
+    Alertmanager does, a post that failed or was answered 429 or 5xx is retried after a second,
+    up to :data:`POST_ATTEMPTS` times; any other answer but 200 ends the benchmark."""
     urls = [url] if isinstance(url, str) else url
     load = Load()
     queue: asyncio.Queue[tuple[Posted, bytes]] = asyncio.Queue()
@@ -388,13 +394,17 @@ async def post_all(url: str | list[str], bodies: list[tuple[list[str], bytes]],
                     posted.sent = posted.sent or time.time()
                     try:
                         async with session.post(url, data=body, headers=headers) as response:
-                            await response.read()
-                            ok = response.status == 200
-                    except (aiohttp.ClientError, TimeoutError):
-                        ok = False
-                    if ok:
+                            answer = await response.read()
+                            status = response.status
+                    except (aiohttp.ClientError, TimeoutError) as exc:
+                        status, answer = 0, str(exc).encode()
+                    if status == 200:
                         posted.acked = time.time()
                         break
+                    retried = status in RETRIED or 500 <= status < 600
+                    if not retried or posted.attempts >= POST_ATTEMPTS:
+                        raise SystemExit(f"{url} answered {status or 'nothing'} after "
+                                         f"{posted.attempts} attempt(s): {answer[:500]!r}")
                     load.errors += 1
                     await asyncio.sleep(1)
 
