@@ -62,8 +62,7 @@ def test_all_are_forgotten_when_partitions_are_lost() -> None:
     assert kept.take(b"on 0 again") == 0
 
 
-def test_dispatch_fetches_a_notification_as_soon_as_kafka_has_it_the_router_fetches_fuller_batches(
-) -> None:
+def test_dispatch_fetches_at_once_and_the_router_fetches_fuller_batches() -> None:
     async def consumers() -> tuple[AIOKafkaConsumer, AIOKafkaConsumer]:
         made = dispatch.new_consumer(), router.new_consumer()
         for consumer in made:
