@@ -31,10 +31,16 @@ class Worker(faust.Worker):
 
 
 class App(faust.App):
-    """The Faust app on :class:`nmstream.transport.Transport`."""
+    """The Faust app on :class:`nmstream.transport.Transport`, whose modules all load."""
 
     def _new_transport(self) -> Transport:
         return Transport(self.conf.broker_consumer, self)
+
+    def _on_autodiscovery_error(self, name: str) -> None:
+        """A module that fails to import stops the worker. Faust only logs it and starts
+        without the module: without ``nmstream.ingest.views``, Alertmanager's posts would be
+        answered 404, which it does not retry."""
+        raise  # the import error: venusian calls this from its ``except`` clause
 
 
 #: Largest record batch the producer builds.

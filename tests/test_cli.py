@@ -1,4 +1,5 @@
-"""The ``nmstream`` command: settings errors, and ``nmstream dev`` as ``make run`` uses it."""
+"""The ``nmstream`` command: settings errors, a module that fails to import, and ``nmstream
+dev`` as ``make run`` uses it."""
 
 from __future__ import annotations
 
@@ -28,6 +29,31 @@ def test_bad_setting_is_a_clear_message_not_a_traceback(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "NMSTREAM_WEB_PORT" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_module_that_fails_to_import_stops_the_worker(tmp_path: Path) -> None:
+    """Faust's autodiscovery would log it and serve without the module (here: no ingest
+    view, so Alertmanager's posts answered 404)."""
+    broken = (
+        "import importlib.abc, sys\n"
+        "class Broken(importlib.abc.MetaPathFinder):\n"
+        "    def find_spec(self, name, path, target=None):\n"
+        "        if name == 'nmstream.ingest.views':\n"
+        "            raise ImportError('broken on purpose')\n"
+        "sys.meta_path.insert(0, Broken())\n"
+        "sys.argv = ['nmstream', 'worker']\n"
+        "from nmstream.cli import main\n"
+        "main()\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", broken],
+        env={**os.environ, "NMSTREAM_WEB_PORT": str(free_port()),
+             "NMSTREAM_BROKER": f"kafka://127.0.0.1:{free_port()}",
+             "NMSTREAM_DATA_DIR": str(tmp_path / "data")},
+        cwd=tmp_path, capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode != 0
+    assert "broken on purpose" in result.stdout + result.stderr
 
 
 def test_missing_config_dir_is_a_clear_message(tmp_path: Path) -> None:
