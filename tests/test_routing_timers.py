@@ -146,9 +146,11 @@ def test_groups_kafka_refused_are_written_again_with_what_arrived_meanwhile(
     assert router.pending["g"] is first and not router.writing
     assert sorted(a.labels.get("pod", "") for a in first.alerts.values()) == ["", "2"]
     assert first.offsets == {0: 3} and first.due == 1010
+    assert router.until_due(FLUSH_TICK) == FLUSH_TICK  # due already, but not tried at once
     asyncio.run(router.flush_due(1010.02))  # the next tick
     assert written == [[("g", 0, [""])], [("g", 0, ["", "2"])]]
     assert router.pending == {} and list(router.held()) == []
+    assert not router.refused
 
 
 def test_groups_due_soon_are_rendered_ahead_once_and_again_after_a_change(

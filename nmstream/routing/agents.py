@@ -190,6 +190,8 @@ class Router(Stage):
         #: in the set is stale).
         self.unrendered: set[str] = set()
         self.ahead: list[tuple[float, str]] = []
+        #: Whether Kafka refused the last write: the next is tried a tick later.
+        self.refused = False
         #: When the last fetched batch was handled (``time.monotonic``).
         self.handled_at = 0.0
         #: Posts ingest is answering, and whether there are none.
@@ -334,8 +336,8 @@ class Router(Stage):
 
     def until_due(self, most: float) -> float:
         """Seconds until the soonest timer (perhaps of a group written since), ``most`` at
-        most."""
-        if not self.timers:
+        most; ``most`` after Kafka refused a write (its groups are due already)."""
+        if not self.timers or self.refused:
             return most
         return min(max(self.timers[0][0] - time.time(), 0.0), most)
 
@@ -369,6 +371,7 @@ class Router(Stage):
         try:
             await write_notifications([(g.ready(), g.partition) for g in groups])
         except Exception as exc:  # Kafka failed: keep the groups, retry on the next tick
+            self.refused = True
             log.warning("cannot write %d groups (%s); retrying", len(groups), exc)
             for group in groups:
                 newer = self.pending.get(group.group_id)
@@ -378,6 +381,7 @@ class Router(Stage):
                 self.schedule(group)
                 self.changed(group)
         else:
+            self.refused = False
             GROUPS_FLUSHED.inc(len(groups))
         finally:
             self.writing.difference_update(groups)
