@@ -17,8 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-import aiohttp
-
+from nmstream.channels.http import HttpClient
 from nmstream.config.models import SecretKeySelector, TLSConfig
 from nmstream.render.models import Notification
 
@@ -90,20 +89,20 @@ class SendContext:
 
 
 class PooledHttp:
-    """One aiohttp session per sender and worker, so connections are reused."""
+    """One HTTP client per sender and worker, so connections are reused."""
 
-    _session: aiohttp.ClientSession | None = None
+    _http: HttpClient | None = None
 
-    def session(self) -> aiohttp.ClientSession:
-        """The pooled session, opened on first use."""
-        if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession()
-        return self._session
+    def http(self) -> HttpClient:
+        """The pooled client, made on first use."""
+        if self._http is None:
+            self._http = HttpClient()
+        return self._http
 
     async def close(self) -> None:
         """Close pooled connections."""
-        if self._session is not None:
-            await self._session.close()
+        if self._http is not None:
+            await self._http.close()
 
 
 class Notifier(Protocol):
@@ -136,7 +135,7 @@ def ssl_context(tls: TLSConfig | None, secrets: Secrets) -> ssl.SSLContext:
     """Verification on by default; root CA, client certificate and insecureSkipVerify honoured.
 
     One context per distinct TLS setting (and secret values), built once: loading the system
-    CAs costs milliseconds and megabytes, and aiohttp pools connections per context, so a new
+    CAs costs milliseconds and megabytes, and connections are pooled per context, so a new
     context per send would also mean a new connection per send.
     """
     if tls is None:

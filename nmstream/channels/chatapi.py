@@ -7,10 +7,18 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import aiohttp
+from nmstream.channels.http import HttpClient
 
 #: errcodes of an expired or invalid access token: refresh it and try once more.
 TOKEN_ERRORS = {40014, 42001}
+
+
+class StatusError(Exception):
+    """An answer with an HTTP status other than 200."""
+
+    def __init__(self, status: int, text: str, retry_after: str | None) -> None:
+        super().__init__(f"HTTP {status}: {text}")
+        self.status, self.text, self.retry_after = status, text, retry_after
 
 
 class ApiError(Exception):
@@ -23,17 +31,15 @@ class ApiError(Exception):
 
 
 async def call(
-    session: aiohttp.ClientSession, product: str, method: str, url: str, **kwargs: Any
+    http: HttpClient, product: str, method: str, url: str, **kwargs: Any
 ) -> dict[str, Any]:
     """One API call: the JSON answer, :class:`ApiError` for a non-zero errcode, and
-    :class:`aiohttp.ClientResponseError` for an HTTP status other than 200."""
-    async with session.request(method, url, **kwargs) as response:
-        if response.status != 200:
-            raise aiohttp.ClientResponseError(
-                response.request_info, (), status=response.status,
-                message=(await response.text())[:200], headers=response.headers,
-            )
-        answer: dict[str, Any] = await response.json(content_type=None)
+    :class:`StatusError` for an HTTP status other than 200."""
+    response = await http.request(method, url, **kwargs)
+    if response.status != 200:
+        raise StatusError(response.status, response.text()[:200],
+                          response.headers.get("retry-after"))
+    answer: dict[str, Any] = response.json()
     if answer.get("errcode", 0) != 0:
         raise ApiError(product, answer)
     return answer

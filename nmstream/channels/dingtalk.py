@@ -13,10 +13,8 @@ from collections import deque
 from typing import Any
 from urllib.parse import quote_plus
 
-import aiohttp
-
 from nmstream.channels.base import Outcome, PooledHttp, SendContext, http_verdict
-from nmstream.channels.chatapi import TOKEN_ERRORS, ApiError, TokenCache, call
+from nmstream.channels.chatapi import TOKEN_ERRORS, ApiError, StatusError, TokenCache, call
 from nmstream.config.models import DingTalkChatBot, DingTalkConfig, DingTalkReceiverSpec
 from nmstream.render.models import Notification
 
@@ -86,9 +84,8 @@ class DingTalkNotifier(PooledHttp):
             if exc.code in RETRYABLE_ERRORS or exc.code in TOKEN_ERRORS:
                 return Outcome.retryable(str(exc))
             return Outcome.permanent(str(exc))
-        except aiohttp.ClientResponseError as exc:
-            retry_after = exc.headers.get("Retry-After") if exc.headers else None
-            return http_verdict(exc.status, exc.message, retry_after)
+        except StatusError as exc:
+            return http_verdict(exc.status, exc.text, exc.retry_after)
         return Outcome.delivered()
 
     async def _chatbot(self, bot: DingTalkChatBot, text: str, ctx: SendContext) -> Outcome | None:
@@ -107,7 +104,7 @@ class DingTalkNotifier(PooledHttp):
             "text": {"content": with_keywords(text, bot.keywords)},
             "at": {"atMobiles": bot.at_mobiles, "atUserIds": bot.at_users, "isAtAll": bot.at_all},
         }
-        await call(self.session(), "dingtalk", "POST", url, json=payload)
+        await call(self.http(), "dingtalk", "POST", url, json=payload)
         return None
 
     async def _conversations(self, chat_ids: list[str], text: str, ctx: SendContext) -> None:
@@ -120,7 +117,7 @@ class DingTalkNotifier(PooledHttp):
         cache_key = (self.api_url, key_id, hashlib.sha256(secret.encode()).hexdigest())
 
         async def fetch() -> tuple[str, float]:
-            answer = await call(self.session(), "dingtalk", "GET", self.api_url + "gettoken",
+            answer = await call(self.http(), "dingtalk", "GET", self.api_url + "gettoken",
                                 params={"appkey": key_id, "appsecret": secret})
             return str(answer["access_token"]), float(answer.get("expires_in", 7200))
 
@@ -128,7 +125,7 @@ class DingTalkNotifier(PooledHttp):
             body = {"chatid": chat_id, "msg": {"msgtype": "text", "text": {"content": text}}}
 
             async def chat(token: str, body: dict[str, Any] = body) -> dict[str, Any]:
-                return await call(self.session(), "dingtalk", "POST", self.api_url + "chat/send",
+                return await call(self.http(), "dingtalk", "POST", self.api_url + "chat/send",
                                   params={"access_token": token}, json=body)
 
             await self.tokens.with_token(cache_key, fetch, chat)

@@ -27,16 +27,15 @@ class SlackNotifier(PooledHttp):
         config: SlackConfig = ctx.config
         receiver = SlackReceiverSpec.model_validate(notification.receiver.targets)
         token = ctx.secrets.text(config.spec.slack_token_secret)
-        async with self.session().post(
-            self.api_url + "chat.postMessage",
+        response = await self.http().request(
+            "POST", self.api_url + "chat.postMessage",
             json={"channel": receiver.channel, "text": notification.body},
             headers={"Authorization": f"Bearer {token}"},
-        ) as response:
-            retry_after = response.headers.get("Retry-After")
-            if response.status != 200:
-                text = await response.text(errors="replace")
-                return http_verdict(response.status, text, retry_after)
-            answer = await response.json(content_type=None)
+        )
+        retry_after = response.headers.get("retry-after")
+        if response.status != 200:
+            return http_verdict(response.status, response.text(), retry_after)
+        answer = response.json()
         if answer.get("ok") is True:
             return Outcome.delivered()
         error = str(answer.get("error", "unknown_error"))

@@ -3,7 +3,7 @@ in-cluster Service, with bearer token or basic auth and TLS options from ``httpC
 
 from __future__ import annotations
 
-import aiohttp
+import base64
 
 from nmstream.channels.base import Outcome, PooledHttp, SendContext, http_verdict, ssl_context
 from nmstream.config.models import ServiceReference, WebhookReceiverSpec
@@ -49,10 +49,9 @@ class WebhookNotifier(PooledHttp):
         if http is not None and http.basic_auth is not None:
             basic = http.basic_auth
             password = ctx.secrets.text(basic.password) if basic.password else ""
-            headers["Authorization"] = aiohttp.encode_basic_auth(basic.username, password)
+            pair = f"{basic.username}:{password}".encode()
+            headers["Authorization"] = "Basic " + base64.b64encode(pair).decode()
         tls = ssl_context(http.tls_config if http else None, ctx.secrets)
-        async with self.session().post(
-            url, data=notification.body.encode(), headers=headers, ssl=tls
-        ) as response:
-            text = await response.text(errors="replace")
-            return http_verdict(response.status, text, response.headers.get("Retry-After"))
+        answer = await self.http().request(
+            "POST", url, body=notification.body.encode(), headers=headers, tls=tls)
+        return http_verdict(answer.status, answer.text(), answer.headers.get("retry-after"))

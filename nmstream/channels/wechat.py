@@ -9,10 +9,8 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
-import aiohttp
-
 from nmstream.channels.base import Outcome, PooledHttp, SendContext, http_verdict
-from nmstream.channels.chatapi import TOKEN_ERRORS, ApiError, TokenCache, call
+from nmstream.channels.chatapi import TOKEN_ERRORS, ApiError, StatusError, TokenCache, call
 from nmstream.config.models import WechatConfig, WechatReceiverSpec
 from nmstream.render.models import Notification
 
@@ -44,7 +42,7 @@ class WechatNotifier(PooledHttp):
         key = (api, spec.wechat_api_corp_id, hashlib.sha256(secret.encode()).hexdigest())
 
         async def fetch() -> tuple[str, float]:
-            answer = await call(self.session(), "wechat", "GET", api + "gettoken",
+            answer = await call(self.http(), "wechat", "GET", api + "gettoken",
                                 params={"corpid": spec.wechat_api_corp_id, "corpsecret": secret})
             return str(answer["access_token"]), float(answer.get("expires_in", 7200))
 
@@ -59,15 +57,15 @@ class WechatNotifier(PooledHttp):
         }
 
         async def message(token: str) -> dict[str, Any]:
-            return await call(self.session(), "wechat", "POST", api + "message/send",
+            return await call(self.http(), "wechat", "POST", api + "message/send",
                               params={"access_token": token}, json=body)
 
         try:
             answer = await self.tokens.with_token(key, fetch, message)
         except ApiError as exc:
             return _verdict(exc)
-        except aiohttp.ClientResponseError as exc:
-            return http_verdict(exc.status, exc.message, None)
+        except StatusError as exc:
+            return http_verdict(exc.status, exc.text, exc.retry_after)
         invalid = tuple(
             f"{field}:{name}"
             for field in ("invaliduser", "invalidparty", "invalidtag")
