@@ -10,7 +10,7 @@ import pytest
 
 from nmstream.channels import http
 from nmstream.channels.base import SendContext, Verdict, bounded_send
-from nmstream.channels.http import HttpClient, ProtocolError
+from nmstream.channels.http import HttpClient, ProtocolError, RequestError
 from nmstream.channels.webhook import WebhookNotifier
 from tests.channel_helpers import notification_for, secrets_of
 
@@ -221,10 +221,40 @@ async def test_idle_connections_are_not_reused_after_the_idle_timeout(
 
 
 async def test_bad_urls_and_header_values_are_refused(client: HttpClient) -> None:
-    with pytest.raises(ValueError, match="not an http"):
+    with pytest.raises(RequestError, match="not an http"):
         await client.request("POST", "ftp://127.0.0.1/x")
-    with pytest.raises(ValueError, match="line break"):
+    with pytest.raises(RequestError, match="line break"):
         await client.request("POST", "http://127.0.0.1:1/", headers={"X-A": "b\r\nX-Evil: 1"})
+
+
+async def test_a_header_that_cannot_be_sent_is_a_permanent_outcome(
+    server: tuple[Scripted, str]
+) -> None:
+    scripted, url = server
+    targets = {"url": url + "/x",
+               "httpConfig": {"bearerToken": {"name": "s", "key": "token"}}}
+    notification = notification_for("webhook", "WebhookReceiver", targets, "{}")
+    ctx = SendContext(None, secrets_of({"token": "ab\ncd"}), 5)
+    notifier = WebhookNotifier()
+    try:
+        outcome = await bounded_send(notifier, notification, ctx)
+    finally:
+        await notifier.close()
+    assert outcome.verdict == Verdict.PERMANENT
+    assert outcome.reason == "header 'Authorization' contains a line break"
+    assert scripted.requests == []
+
+
+async def test_an_answer_that_is_not_json_is_a_protocol_error(
+    server: tuple[Scripted, str], client: HttpClient
+) -> None:
+    scripted, url = server
+    scripted.answer = lambda n: (b"HTTP/1.1 200 OK\r\nContent-Length: 12\r\n\r\n<html>proxy<")
+    answer = await client.request("GET", url + "/api")
+    with pytest.raises(ProtocolError, match=r"HTTP 200 answer is not JSON .*: <html>proxy<"):
+        answer.json()
+    _, headers, _ = scripted.requests[0]
+    assert "Content-Length" not in headers  # a GET without a body
 
 
 async def test_credentials_in_the_url_become_basic_auth(

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from nmstream.channels.http import HttpClient
+from nmstream.channels.http import HttpClient, RequestError
 from nmstream.config.models import SecretKeySelector, TLSConfig
 from nmstream.render.models import Notification
 
@@ -116,8 +116,9 @@ class Notifier(Protocol):
 
 
 async def bounded_send(notifier: Notifier, notification: Notification, ctx: SendContext) -> Outcome:
-    """``notifier.send`` within ``ctx.timeout``; an exception becomes a retryable outcome,
-    and no reason ever shows a secret value."""
+    """``notifier.send`` within ``ctx.timeout``; a network error or timeout becomes a
+    retryable outcome, a request that cannot be made a permanent one, and no reason ever shows
+    a secret value."""
     try:
         async with asyncio.timeout(ctx.timeout):
             outcome = await notifier.send(notification, ctx)
@@ -125,6 +126,8 @@ async def bounded_send(notifier: Notifier, notification: Notification, ctx: Send
         outcome = Outcome.retryable(f"no answer within notificationTimeout {ctx.timeout:g}s")
     except (OSError, asyncio.IncompleteReadError, ssl.SSLError) as exc:
         outcome = Outcome.retryable(f"{type(exc).__name__}: {exc}")
+    except RequestError as exc:
+        outcome = Outcome.permanent(str(exc))
     return Outcome(
         outcome.verdict, ctx.secrets.redact(outcome.reason), outcome.retry_after,
         outcome.failed_targets,

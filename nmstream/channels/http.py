@@ -32,7 +32,12 @@ MAX_BODY = 1 << 20
 
 
 class ProtocolError(OSError):
-    """The server's answer is not HTTP/1.1, or the connection ended before the answer did."""
+    """The server's answer is not HTTP/1.1 (or not the JSON asked for), or the connection ended
+    before the answer did."""
+
+
+class RequestError(ValueError):
+    """A request that cannot be sent as asked: not an http(s) URL, a line break in a header."""
 
 
 @dataclass
@@ -49,7 +54,11 @@ class Answer:
 
     def json(self) -> Any:
         """The body parsed as JSON, whatever its content type."""
-        return jsonlib.loads(self.body)
+        try:
+            return jsonlib.loads(self.body)
+        except ValueError as exc:
+            raise ProtocolError(f"HTTP {self.status} answer is not JSON ({exc}): "
+                                f"{self.text()[:200]}") from exc
 
 
 class _Connection(asyncio.Protocol):
@@ -156,7 +165,7 @@ class HttpClient:
         if params:
             target = target.update_query(params)
         if target.scheme not in ("http", "https") or not target.raw_host:
-            raise ValueError(f"not an http(s) URL: {url}")
+            raise RequestError(f"not an http(s) URL: {url}")
         # by lower-case name: the name as written (some receivers match it case-sensitively),
         # and the value
         fields = {"host": ("Host", _host_header(target)), "user-agent": ("User-Agent", USER_AGENT),
@@ -169,7 +178,8 @@ class HttpClient:
             fields["content-type"] = ("Content-Type", "application/json")
         for name, value in (headers or {}).items():
             fields[name.lower()] = (name, value)
-        fields["content-length"] = ("Content-Length", str(len(body)))
+        if body or method not in ("GET", "HEAD"):
+            fields["content-length"] = ("Content-Length", str(len(body)))
         request = _serialise(method, target.raw_path_qs, fields.values()) + body
         tls = (tls or self._default_context()) if target.scheme == "https" else None
         origin = (target.scheme, target.raw_host, target.port or 80, tls)
@@ -247,6 +257,6 @@ def _serialise(method: str, path: str, fields: Iterable[tuple[str, str]]) -> byt
     lines = [f"{method} {path or '/'} HTTP/1.1"]
     for name, value in fields:
         if any(c in name or c in value for c in "\r\n\0"):
-            raise ValueError(f"header {name!r} contains a line break")
+            raise RequestError(f"header {name!r} contains a line break")
         lines.append(f"{name}: {value}")
     return ("\r\n".join(lines) + "\r\n\r\n").encode("utf-8")
