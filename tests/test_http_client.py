@@ -264,3 +264,39 @@ async def test_credentials_in_the_url_become_basic_auth(
     await client.request("POST", url.replace("http://", "http://am:s3cret@") + "/x")
     _, headers, _ = scripted.requests[0]
     assert headers["Authorization"] == "Basic YW06czNjcmV0"
+
+
+async def test_307_and_308_are_followed_with_the_same_request(
+    server: tuple[Scripted, str], client: HttpClient
+) -> None:
+    scripted, url = server
+    other = Scripted()
+    listening = await asyncio.start_server(other.handle, "127.0.0.1", 0)
+    elsewhere = f"http://127.0.0.1:{listening.sockets[0].getsockname()[1]}/there"
+    scripted.answer = lambda n: {
+        0: b"HTTP/1.1 308 Permanent Redirect\r\nLocation: /moved?a=1\r\nContent-Length: 0\r\n\r\n",
+        1: (b"HTTP/1.1 307 Temporary Redirect\r\nLocation: " + elsewhere.encode()
+            + b"\r\nContent-Length: 0\r\n\r\n"),
+    }[n]
+    try:
+        answer = await client.request("POST", url + "/hook", body=b"payload",
+                                      headers={"Authorization": "Bearer t"})
+    finally:
+        listening.close()
+    assert (answer.status, answer.body) == (200, b"ok")
+    (first, _, first_body), (second, second_headers, second_body) = scripted.requests
+    assert (first, second) == ("POST /hook HTTP/1.1", "POST /moved?a=1 HTTP/1.1")
+    assert first_body == second_body == b"payload"
+    assert second_headers["Authorization"] == "Bearer t"  # same origin
+    ((line, headers, body),) = other.requests
+    assert (line, body) == ("POST /there HTTP/1.1", b"payload")
+    assert "Authorization" not in headers  # another origin gets no credentials
+    assert headers["Host"] == elsewhere.removeprefix("http://").removesuffix("/there")
+
+
+async def test_a_redirect_loop_ends(server: tuple[Scripted, str], client: HttpClient) -> None:
+    scripted, url = server
+    scripted.answer = lambda n: b"HTTP/1.1 307 Again\r\nLocation: /\r\nContent-Length: 0\r\n\r\n"
+    with pytest.raises(ProtocolError, match="more than 5 redirects"):
+        await client.request("POST", url)
+    assert len(scripted.requests) == http.MAX_REDIRECTS
