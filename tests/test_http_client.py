@@ -10,7 +10,7 @@ import pytest
 
 from nmstream.channels import http
 from nmstream.channels.base import SendContext, Verdict, bounded_send
-from nmstream.channels.http import HttpClient, ProtocolError, RequestError
+from nmstream.channels.http import ConnectError, HttpClient, ProtocolError, RequestError
 from nmstream.channels.webhook import WebhookNotifier
 from tests.channel_helpers import notification_for, secrets_of
 
@@ -300,3 +300,12 @@ async def test_a_redirect_loop_ends(server: tuple[Scripted, str], client: HttpCl
     with pytest.raises(ProtocolError, match="more than 5 redirects"):
         await client.request("POST", url)
     assert len(scripted.requests) == http.MAX_REDIRECTS
+
+
+async def test_a_failed_connection_names_the_server(client: HttpClient) -> None:
+    from nmstream.broker import free_port
+
+    port = free_port()
+    with pytest.raises(ConnectError, match=rf"cannot connect to 127.0.0.1:{port}: "
+                                           r"ConnectionRefusedError: \[Errno 111\]"):
+        await client.request("POST", f"http://127.0.0.1:{port}/x")

@@ -39,6 +39,10 @@ class ProtocolError(OSError):
     before the answer did."""
 
 
+class ConnectError(OSError):
+    """No connection to the server (refused, unresolvable, TLS handshake failed)."""
+
+
 class RequestError(ValueError):
     """A request that cannot be sent as asked: not an http(s) URL, a line break in a header."""
 
@@ -238,9 +242,13 @@ class HttpClient:
     async def _connect(self, origin: Origin) -> _Connection:
         _, host, port, tls = origin
         loop = asyncio.get_running_loop()
-        _, connection = await loop.create_connection(
-            _Connection, host.strip("[]"), port, ssl=tls,
-            server_hostname=host.strip("[]") if tls is not None else None)
+        try:
+            _, connection = await loop.create_connection(
+                _Connection, host.strip("[]"), port, ssl=tls,
+                server_hostname=host.strip("[]") if tls is not None else None)
+        except OSError as exc:  # name the server: the reason is all an operator sees
+            raise ConnectError(f"cannot connect to {host}:{port}: {type(exc).__name__}: "
+                               f"{exc}") from exc
         return connection
 
     def _give_back(self, origin: Origin, connection: _Connection) -> None:
