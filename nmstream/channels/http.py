@@ -177,7 +177,7 @@ class HttpClient:
         fields = {"user-agent": ("User-Agent", USER_AGENT), "accept": ("Accept", "*/*")}
         if target.user is not None:
             fields["authorization"] = ("Authorization",
-                                       _basic(target.user, target.password or ""))
+                                       basic_auth(target.user, target.password or ""))
         if json is not None:
             body = jsonlib.dumps(json, ensure_ascii=False).encode()
             fields["content-type"] = ("Content-Type", "application/json")
@@ -185,6 +185,7 @@ class HttpClient:
             fields[name.lower()] = (name, value)
         if body or method not in ("GET", "HEAD"):
             fields["content-length"] = ("Content-Length", str(len(body)))
+        first = target.origin()
         for _ in range(MAX_REDIRECTS):
             if target.scheme not in ("http", "https") or not target.raw_host:
                 raise RequestError(f"not an http(s) URL: {target}")
@@ -197,9 +198,9 @@ class HttpClient:
             if answer.status not in (307, 308) or not location:
                 return answer
             target = target.join(URL(location))
-            if target.origin() != URL(url).origin():
+            if target.origin() != first:
                 fields.pop("authorization", None)
-        raise ProtocolError(f"more than {MAX_REDIRECTS - 1} redirects from {URL(url).origin()}")
+        raise ProtocolError(f"more than {MAX_REDIRECTS - 1} redirects from {first}")
 
     async def _exchange(self, origin: Origin, request: bytes) -> Answer:
         for _ in range(2):
@@ -272,7 +273,8 @@ def _host_header(url: URL) -> str:
     return host if url.is_default_port() else f"{host}:{url.port}"
 
 
-def _basic(user: str, password: str) -> str:
+def basic_auth(user: str, password: str) -> str:
+    """An ``Authorization`` header value for HTTP basic auth."""
     return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
 
 

@@ -3,9 +3,8 @@ in-cluster Service, with bearer token or basic auth and TLS options from ``httpC
 
 from __future__ import annotations
 
-import base64
-
 from nmstream.channels.base import Outcome, PooledHttp, SendContext, http_verdict, ssl_context
+from nmstream.channels.http import basic_auth
 from nmstream.config.models import ServiceReference, WebhookReceiverSpec
 from nmstream.render.models import Notification
 
@@ -49,8 +48,7 @@ class WebhookNotifier(PooledHttp):
         if http is not None and http.basic_auth is not None:
             basic = http.basic_auth
             password = ctx.secrets.text(basic.password) if basic.password else ""
-            pair = f"{basic.username}:{password}".encode()
-            headers["Authorization"] = "Basic " + base64.b64encode(pair).decode()
+            headers["Authorization"] = basic_auth(basic.username, password)
         tls = ssl_context(http.tls_config if http else None, ctx.secrets)
         answer = await self.http().request(
             "POST", url, body=notification.body.encode(), headers=headers, tls=tls)
