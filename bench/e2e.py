@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import os
 import shutil
 import signal
@@ -27,9 +28,12 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+from aiokafka import AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from common import (
     FAST_GROUP,
     Alertmanager,
@@ -51,7 +55,12 @@ from common import (
 )
 from ingest import start_ceiling
 
+from nmstream.app import PRODUCER_BATCH_BYTES
 from nmstream.broker import EmbeddedBroker, free_port
+from nmstream.ingest.models import encode_records, utcnow
+from nmstream.ingest.views import parse
+from nmstream.routing.batching import Batching, group_partition
+from nmstream.settings import Settings
 
 WARMUP_ALERTS = 200
 
@@ -205,6 +214,75 @@ def bench_ceiling(args: argparse.Namespace, workdir: Path,
         stop(ceiling)
 
 
+Post = list[tuple[int, bytes, bytes]]
+
+
+def kafka_records(bodies: list[tuple[list[str], bytes]], partitions: int) -> list[Post]:
+    """Per post, ``(partition, key, value)`` of the records ingest writes for it (grouped as
+    nmstream defaults, as :func:`write_config` configures the worker)."""
+    grouping = Batching.of(None)
+    posts = []
+    for _, body in bodies:
+        group, alerts = parse(body)
+        records = encode_records(alerts, group, str(uuid.uuid4()), utcnow())
+        posts.append([(group_partition(received.alert.labels, grouping, partitions), key, value)
+                      for key, value, received in records])
+    return posts
+
+
+async def produce_posts(bootstrap: str, topic: str, posts: list[Post], partitions: int,
+                        senders: int) -> float:
+    """Produce the posts' records to a new ``topic`` with ``senders`` concurrent senders, each
+    waiting for a post's acknowledgement before its next; the seconds from the first send to
+    the last acknowledgement."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(topic, partitions, 1)])
+    finally:
+        await admin.close()
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks=-1,
+                                max_batch_size=PRODUCER_BATCH_BYTES)
+    await producer.start()
+    try:
+        async def sender(queue: list[Post]) -> None:
+            while queue:
+                by_partition: dict[int, list[tuple[bytes, bytes]]] = {}
+                for partition, key, value in queue.pop():
+                    by_partition.setdefault(partition, []).append((key, value))
+                acks = []
+                for partition, records in by_partition.items():
+                    batch = producer.create_batch()
+                    for key, value in records:
+                        batch.append(key=key, value=value, timestamp=None)
+                    batch.close()
+                    acks.append(await producer.send_batch(batch, topic, partition=partition))
+                await asyncio.gather(*acks)
+
+        await sender(posts[:senders])  # a warm-up: metadata, connection
+        queue = list(reversed(posts))
+        started = time.perf_counter()
+        await asyncio.gather(*(sender(queue) for _ in range(senders)))
+        return float(time.perf_counter() - started)
+    finally:
+        await producer.stop()
+
+
+def bench_kafka_bound(args: argparse.Namespace, bodies: list[tuple[list[str], bytes]]) -> float:
+    """Alerts/s the broker alone allows ingest (see the module's docstring): the better of the
+    posts produced by ``concurrency`` senders, and by one sender merging that many posts into
+    each produce (which aiokafka, one batch per partition in flight, favours)."""
+    partitions, senders = Settings().partitions, args.concurrency
+    posts = kafka_records(bodies, partitions)
+    merged = [list(itertools.chain.from_iterable(posts[i:i + senders]))
+              for i in range(0, len(posts), senders)]
+    with EmbeddedBroker() as broker:
+        bootstrap = broker.url.removeprefix("kafka://")
+        seconds = min(asyncio.run(produce_posts(bootstrap, "bound", posts, partitions, senders)),
+                      asyncio.run(produce_posts(bootstrap, "merged", merged, partitions, 1)))
+    return float(args.alerts / seconds)
+
+
 def cell(value: float | None, unit: str = "") -> str:
     """A table cell: the value, or n/a."""
     if value is None:
@@ -219,7 +297,8 @@ def ratio(a: float | None, b: float | None) -> str:
     return f"{a / b:.2f}" if a is not None and b else "n/a"
 
 
-def report(args: argparse.Namespace, nm: Figures, am: Figures | None, top: Figures) -> None:
+def report(args: argparse.Namespace, nm: Figures, am: Figures | None, top: Figures,
+           bound: float) -> None:
     """Print the table."""
     print(f"\nend-to-end benchmark: {args.alerts} alerts in posts of {args.post_size} over "
           f"{args.groups} groups, {args.concurrency} clients, batch wait {args.batch_wait:g} s; "
@@ -244,6 +323,9 @@ def report(args: argparse.Namespace, nm: Figures, am: Figures | None, top: Figur
         print(f"{name:44}{cell(mine, unit):>12}{cell(theirs, unit):>14}"
               f"{ratio(mine, theirs):>8}{cell(top_value):>10}")
     print(f"nmstream/ceiling ingest: {ratio(nm.ingest, top.ingest)}")
+    print(f"Kafka bound (the same records produced and acknowledged, no HTTP): {bound:.0f} "
+          f"alerts/s = {ratio(bound, top.ingest)} of the ceiling; nmstream ingest "
+          f"{ratio(nm.ingest, bound)} of it")
     for name, f in (("nmstream", nm), ("Alertmanager", am)):
         if f is not None:
             print(f"{name}: {f.notifications} webhook posts, {f.errors} failed posts "
@@ -288,7 +370,8 @@ def main() -> int:
     finally:
         sink.stop()
     top = bench_ceiling(args, workdir, bodies)
-    report(args, nm, am, top)
+    bound = bench_kafka_bound(args, bodies)
+    report(args, nm, am, top, bound)
     print(f"(run took {time.monotonic() - started:.0f} s; logs in {workdir})")
     return 0 if nm.missing == 0 and (am is None or am.missing == 0) else 1
 
