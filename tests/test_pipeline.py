@@ -117,8 +117,12 @@ def test_groups_flush_at_batch_max_wait_and_batch_max_size(
         assert worker.post("/api/v2/alerts", alerts("a")).status_code == 200
         time.sleep(0.5)
         assert worker.post("/api/v2/alerts", alerts("b")).status_code == 200
-        (first,) = notifications(broker, prefix, "webhook", 1)
+        found = notifications(broker, prefix, "webhook", 1)
         waited = time.monotonic() - started
+        assert len(found) == 1, "one group expected, found: " + "; ".join(
+            f"{n['id']} {n['fingerprints']} received {n['received_at']} created {n['created_at']}"
+            for n in found)
+        (first,) = found
         assert len(first["fingerprints"]) == 2, "alerts within batchMaxWait are one group"
         assert waited >= 2.0
 
