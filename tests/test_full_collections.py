@@ -5,18 +5,22 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import time
 from collections.abc import Iterator
 
 import pytest
 
 from nmstream.ops.agents import (
+    FULL_GC_HEADROOM,
     FULL_GC_IDLE,
     FULL_GC_MAX,
     GC_THRESHOLD,
     NO_FULL_COLLECTIONS,
     FullCollections,
     freeze_startup_objects,
+    worker_idle,
 )
+from nmstream.routing.agents import router
 
 
 class Clock:
@@ -57,6 +61,23 @@ def test_a_busy_worker_still_collects_after_the_longest_interval() -> None:
     clock.now += 1
     assert collections.tick(idle=False)
     assert full_collections_so_far() == before + 1
+
+
+def test_idle_means_no_posts_no_alerts_and_no_group_due_soon(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(router, "handled_at", time.monotonic() - 1)
+    monkeypatch.setattr(router, "timers", [])
+    assert worker_idle()
+    monkeypatch.setattr(router, "timers", [(time.time() + 2 * FULL_GC_HEADROOM, 0, "later")])
+    assert worker_idle()
+    monkeypatch.setattr(router, "timers", [(time.time() + FULL_GC_HEADROOM / 2, 0, "soon")])
+    assert not worker_idle()  # a burst's groups are about to fall due
+    monkeypatch.setattr(router, "timers", [])
+    with router.post():
+        assert not worker_idle()
+    monkeypatch.setattr(router, "handled_at", time.monotonic())
+    assert not worker_idle()  # alerts were routed just now
 
 
 @pytest.fixture

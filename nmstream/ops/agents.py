@@ -26,6 +26,8 @@ NO_FULL_COLLECTIONS = 1 << 30
 #: A full collection runs once the worker is idle at least this many seconds after the last,
 #: and after :data:`FULL_GC_MAX` seconds even when it never is.
 FULL_GC_IDLE, FULL_GC_MAX = 10.0, 120.0
+#: Idle means no posts, no alerts to route, and no group due within this many seconds.
+FULL_GC_HEADROOM = 0.5
 
 
 @app.service
@@ -118,4 +120,10 @@ full_collections = FullCollections()
 @app.timer(1.0)  # type: ignore[untyped-decorator]
 async def collect_when_idle() -> None:
     """The full garbage collection, when due (see :class:`FullCollections`)."""
-    full_collections.tick(router.idle())
+    full_collections.tick(worker_idle())
+
+
+def worker_idle() -> bool:
+    """No posts, no alerts to route, and no group due within :data:`FULL_GC_HEADROOM` (the
+    worker waits for its groups after a burst: a collection must not delay them)."""
+    return router.idle() and router.until_due(FULL_GC_HEADROOM) >= FULL_GC_HEADROOM
