@@ -114,8 +114,10 @@ class Stage:
         self.group = f"{settings.app_id}-{name}"
         self.topics = list(topics)
         self.consumer: AIOKafkaConsumer | None = None
-        #: Per partition owned, the offset after the last record handed to :meth:`handle`.
+        #: Per partition owned, the offset after the last record handed to :meth:`handle`,
+        #: once it returned, and once it was called.
         self.consumed: dict[TopicPartition, int] = {}
+        self.fetched: dict[TopicPartition, int] = {}
         self.committed: dict[TopicPartition, int] = {}
         #: Partitions revoked so far: a batch handled across a revocation is not counted.
         self.rebalances = 0
@@ -124,6 +126,15 @@ class Stage:
     async def handle(self, batches: Batches) -> None:
         """Handle fetched records (only of partitions this worker owns)."""
         raise NotImplementedError
+
+    def behind(self, tp: TopicPartition) -> bool:
+        """Whether Kafka had records of a partition, when it last answered a fetch, that were
+        not handed to :meth:`handle` yet."""
+        consumer, fetched = self.consumer, self.fetched.get(tp)
+        if consumer is None or fetched is None or tp not in consumer.assignment():
+            return False
+        end: int | None = consumer.highwater(tp)
+        return end is not None and end > fetched
 
     def held(self) -> Iterable[tuple[TopicPartition, int]]:
         """Offsets of records handed to :meth:`handle` whose work is not in Kafka yet: nothing
@@ -176,6 +187,8 @@ class Stage:
                 batches = {tp: records for tp, records in fetched.items()
                            if records and tp in owned}  # not revoked while on its way
                 rebalances = self.rebalances
+                for tp, records in batches.items():
+                    self.fetched[tp] = records[-1].offset + 1
                 if batches:
                     await self.handle(batches)
                 if self.rebalances != rebalances:
@@ -189,6 +202,7 @@ class Stage:
                 for tp, records in batches.items():
                     if tp in consumer.assignment():
                         consumer.seek(tp, records[0].offset)
+                        self.fetched[tp] = records[0].offset
                 await asyncio.sleep(1.0)
 
     def safe_offsets(self) -> dict[TopicPartition, int]:
@@ -236,6 +250,7 @@ class Stage:
         await self.released(partitions)
         for tp in partitions:
             self.consumed.pop(tp, None)
+            self.fetched.pop(tp, None)
             self.committed.pop(tp, None)
 
     async def stop(self) -> None:

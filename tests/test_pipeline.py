@@ -6,6 +6,7 @@ import json
 import shutil
 import signal
 import time
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -133,6 +134,41 @@ def test_groups_flush_at_batch_max_wait_and_batch_max_size(
         assert sizes == [1, 3, 3]
     finally:
         worker.stop()
+
+
+def test_a_router_reading_alerts_late_still_groups_those_received_within_batch_max_wait(
+    broker: EmbeddedBroker, tmp_path: Path, prefix: str
+) -> None:
+    """Alerts 0.5 s apart, read only once their group is long due, and in different fetches
+    (1,200 alerts of another group lie between them): still one notification."""
+    topic = f"{prefix}-alerts"
+    admin = KafkaAdminClient(bootstrap_servers=broker.bootstrap)
+    admin.create_topics([NewTopic(topic, 4, 1)])
+    admin.close()
+    received = utcnow()
+
+    def record(name: str, pod: str, later: float) -> AlertRecord:
+        labels = {"alertname": name, "namespace": "team", "pod": pod}
+        return AlertRecord.build(Alert(labels=labels), GroupContext(), "earlier",
+                                 received + timedelta(seconds=later))
+
+    first, last = record("Grouped", "a", 0.0), record("Grouped", "b", 0.5)
+    others = [record("Other", str(i), 0.1) for i in range(1200)]
+    producer = KafkaProducer(bootstrap_servers=broker.bootstrap)
+    for r in (first, *others, last):  # one partition: the router reads them in this order
+        producer.send(topic, key=r.fingerprint.encode(), value=r.to_bytes(), partition=0)
+    producer.flush(timeout=30)
+    producer.close()
+
+    worker = start(broker, tmp_path, prefix, config_with(tmp_path, batchMaxWait="2s"))
+    try:
+        webhooks = notifications(broker, prefix, "webhook", 1 + 12)
+    finally:
+        worker.stop()
+    grouped = [w for w in webhooks if w["group_labels"]["alertname"] == "Grouped"]
+    assert [sorted(w["fingerprints"]) for w in grouped] == [
+        sorted([first.fingerprint, last.fingerprint])]
+    assert sum(len(w["fingerprints"]) for w in webhooks) == 2 + 1200
 
 
 def test_group_pending_at_a_crash_is_delivered_after_restart(

@@ -112,6 +112,51 @@ def test_the_flush_waits_until_the_soonest_due_group_a_tick_at_most() -> None:
     assert 4 < router.until_due(30.0) <= 5
 
 
+class BehindRouter(RecordingRouter):
+    """A recording router behind on the partitions in :attr:`unread`."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.unread: set[int] = set()
+
+    def behind(self, tp: TopicPartition) -> bool:
+        return tp.partition in self.unread
+
+
+def test_a_router_behind_keeps_due_groups_open_until_it_read_past_them() -> None:
+    assert batching().max_wait == 1.0
+    router = BehindRouter()
+    router.unread = {0}
+    group = pend(router, "g", 1000)  # due at 1010
+    router.read_until[0] = 1001
+    assert flush(router, 1012) == [] and router.pending["g"] is group
+    assert router.until_due(30.0) == FLUSH_TICK  # checked again every tick
+    group.add(record("g", 1009, pod="2"), 0, 7, WAIT)  # read late, received in time
+    router.read_until[0] = 1009
+    assert flush(router, 1012.3) == []
+    router.read_until[0] = 1010.5  # read past its due time (before batchMaxWait more)
+    assert flush(router, 1012.6) == ["g"] and len(group.alerts) == 2
+    assert router.waiting == {}
+
+    pend(router, "caught up", 1005)  # due at 1015
+    assert flush(router, 1016) == []
+    router.unread = set()  # read what Kafka had
+    assert flush(router, 1016.1) == ["caught up"]
+
+
+def test_a_router_behind_waits_batch_max_wait_at_most_and_not_for_written_groups() -> None:
+    router = BehindRouter()
+    router.unread = {0}
+    pend(router, "g", 1000)
+    pend(router, "full", 1000)
+    assert flush(router, 1012) == []
+    router.pop("full")  # written when it filled up
+    wait = batching().max_wait
+    assert flush(router, 1012 + wait - 0.01) == []
+    assert flush(router, 1012 + wait) == ["g"]
+    assert router.pending == {} and router.waiting == {}
+
+
 def test_stale_timers_stay_bounded() -> None:
     router = RecordingRouter()
     for i in range(5000):  # every group fills up and is written before it is due

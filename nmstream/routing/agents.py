@@ -14,6 +14,11 @@ that topic in batches with its own consumer group (``<app id>-route``) and, per 
   after its oldest alert was received. Rendering where the group is flushed spares every
   group a topic hop (an encoding, a write, a read and a decoding).
 
+A group is made of the alerts received within ``batchMaxWait``, not of those the router read
+in time: a router behind on its partition (started after the alerts came, catching up after a
+restart, or slower than a burst) keeps a due group open until it read the alerts received
+before the group fell due (:meth:`Router.read_past`), ``batchMaxWait`` longer at most.
+
 The alerts ingest wrote in this worker are handed to it as decoded (see
 :class:`~nmstream.stage.ReadBack`), so a record is parsed only by a router in another worker
 or when read again; likewise the router hands its notifications to this worker's dispatcher.
@@ -35,7 +40,7 @@ import heapq
 import itertools
 import logging
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -182,6 +187,10 @@ class Router(Stage):
         #: timer is not its group's current one is stale and skipped.
         self.timers: list[tuple[float, int, str]] = []
         self._timer_ids = itertools.count()
+        #: Per partition, due groups kept open while the router is behind on it (since when,
+        #: and the group), and when the newest alert read from it was received.
+        self.waiting: dict[int, deque[tuple[float, Pending]]] = {}
+        self.read_until: dict[int, float] = {}
         #: Groups being written: their alerts are not committed until Kafka has their
         #: notifications.
         self.writing: set[Pending] = set()
@@ -237,6 +246,7 @@ class Router(Stage):
         full: list[Pending] = []
         routed: Counter[str] = Counter()
         for tp, records in batches.items():
+            newest = self.read_until.get(tp.partition, 0.0)
             for r in records:
                 if not r.value:
                     continue
@@ -246,11 +256,13 @@ class Router(Stage):
                     if decoded is None:
                         continue
                     record = decoded.received()
+                newest = max(newest, record.received_at.timestamp())
                 try:
                     self.take(record, tp.partition, r.offset, snapshot, grouping, outcomes,
                               full, routed)
                 except Exception:  # a bug must cost one alert, not stop the stage
                     log.exception("routing: skipping alert %s", record.fingerprint)
+            self.read_until[tp.partition] = newest
         for channel, count in routed.items():
             ALERTS_ROUTED.labels(channel=channel).inc(count)
         for outcome in outcomes:
@@ -324,19 +336,45 @@ class Router(Stage):
         heapq.heappush(self.timers, (group.due, group.timer, group.group_id))
 
     async def flush_due(self, now: float | None = None) -> None:
-        """Write every group whose oldest alert was received ``batchMaxWait`` ago."""
+        """Write every group whose oldest alert was received ``batchMaxWait`` ago, once the
+        alerts received before then were read (:meth:`read_past`), or after waiting for them
+        ``batchMaxWait`` more."""
         now, due = time.time() if now is None else now, []
+        given_up = now - batching().max_wait
+        for partition, waiting in list(self.waiting.items()):
+            until = self.read_past(partition, now)
+            while waiting and (waiting[0][1].due <= until or waiting[0][0] <= given_up):
+                _, held = waiting.popleft()
+                if self.pending.get(held.group_id) is held:  # not written when full
+                    due.append(self.pop(held.group_id))
+            if not waiting:
+                del self.waiting[partition]
         while self.timers and self.timers[0][0] <= now:
             _, timer, gid = heapq.heappop(self.timers)
             group = self.pending.get(gid)
-            if group is not None and group.timer == timer:
+            if group is None or group.timer != timer:
+                continue
+            if group.due <= self.read_past(group.partition, now):
                 due.append(self.pop(gid))
+            else:
+                self.waiting.setdefault(group.partition, deque()).append((now, group))
         if due:
             await self.write(due)
 
+    def read_past(self, partition: int, now: float) -> float:
+        """Until when the alerts a partition received were read: ``now`` once the router read
+        what Kafka had of it; while it is behind, when the newest alert it read was received
+        (ingest writes alerts in about the order they are received)."""
+        if not self.behind(TopicPartition(ALERTS.name, partition)):
+            return now
+        return self.read_until.get(partition, 0.0)
+
     def until_due(self, most: float) -> float:
         """Seconds until the soonest timer (perhaps of a group written since), ``most`` at
-        most; ``most`` after Kafka refused a write (its groups are due already)."""
+        most; ``most`` after Kafka refused a write (its groups are due already), and
+        :data:`FLUSH_TICK` at most while due groups wait for alerts to be read."""
+        if self.waiting:
+            most = min(most, FLUSH_TICK)
         if not self.timers or self.refused:
             return most
         return min(max(self.timers[0][0] - time.time(), 0.0), most)
@@ -397,6 +435,9 @@ class Router(Stage):
         pending alerts again."""
         lost = {tp.partition for tp in partitions}
         self.read_back.disown(lost)
+        for partition in lost:
+            self.waiting.pop(partition, None)
+            self.read_until.pop(partition, None)
         for gid in [g for g, p in self.pending.items() if p.partition in lost]:
             self.pop(gid)
         self.dedup.forget(lost)
