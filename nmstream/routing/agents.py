@@ -341,8 +341,15 @@ class Router(Stage):
         ``batchMaxWait`` more."""
         now, due = time.time() if now is None else now, []
         given_up = now - batching().max_wait
+        read: dict[int, float] = {}
+
+        def read_past(partition: int) -> float:
+            if partition not in read:
+                read[partition] = self.read_past(partition, now)
+            return read[partition]
+
         for partition, waiting in list(self.waiting.items()):
-            until = self.read_past(partition, now)
+            until = read_past(partition)
             while waiting and (waiting[0][1].due <= until or waiting[0][0] <= given_up):
                 _, held = waiting.popleft()
                 if self.pending.get(held.group_id) is held:  # not written when full
@@ -354,7 +361,7 @@ class Router(Stage):
             group = self.pending.get(gid)
             if group is None or group.timer != timer:
                 continue
-            if group.due <= self.read_past(group.partition, now):
+            if group.due <= read_past(group.partition):
                 due.append(self.pop(gid))
             else:
                 self.waiting.setdefault(group.partition, deque()).append((now, group))
