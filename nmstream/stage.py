@@ -114,8 +114,8 @@ class Stage:
         self.group = f"{settings.app_id}-{name}"
         self.topics = list(topics)
         self.consumer: AIOKafkaConsumer | None = None
-        #: Per partition owned, the offset after the last record handed to :meth:`handle`,
-        #: once it returned, and once it was called.
+        #: Per partition owned, the offset after the last record handed to :meth:`handle`:
+        #: once it returned (``consumed``), and once it was called (``fetched``).
         self.consumed: dict[TopicPartition, int] = {}
         self.fetched: dict[TopicPartition, int] = {}
         self.committed: dict[TopicPartition, int] = {}
