@@ -115,7 +115,8 @@ class Stage:
         self.topics = list(topics)
         self.consumer: AIOKafkaConsumer | None = None
         #: Per partition owned, the offset after the last record handed to :meth:`handle`:
-        #: once it returned (``consumed``), and once it was called (``fetched``).
+        #: once it returned (``consumed``: what may be committed), and once it was called
+        #: (``fetched``: what :meth:`behind` counts, also while ``handle`` waits for Kafka).
         self.consumed: dict[TopicPartition, int] = {}
         self.fetched: dict[TopicPartition, int] = {}
         self.committed: dict[TopicPartition, int] = {}
