@@ -39,6 +39,10 @@ GROUPS_FLUSHED = Counter(
     "nmstream_groups_flushed",
     "Alert groups flushed to rendering",
 )
+GROUPS_KEPT_OPEN = Counter(
+    "nmstream_groups_kept_open",
+    "Due alert groups kept open until the router read the alerts received before they fell due",
+)
 NOTIFICATIONS_RENDERED = Counter(
     "nmstream_notifications_rendered",
     "Rendered notifications written to nmstream-notify-<channel>",

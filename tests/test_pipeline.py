@@ -163,8 +163,11 @@ def test_a_router_reading_alerts_late_still_groups_those_received_within_batch_m
     worker = start(broker, tmp_path, prefix, config_with(tmp_path, batchMaxWait="2s"))
     try:
         webhooks = notifications(broker, prefix, "webhook", 1 + 12)
+        kept_open = next(float(line.split()[1]) for line in worker.get("/metrics").text.splitlines()
+                         if line.startswith("nmstream_groups_kept_open_total"))
     finally:
         worker.stop()
+    assert kept_open >= 1
     grouped = [w for w in webhooks if w["group_labels"]["alertname"] == "Grouped"]
     assert [sorted(w["fingerprints"]) for w in grouped] == [
         sorted([first.fingerprint, last.fingerprint])]

@@ -58,6 +58,7 @@ from nmstream.metrics import (
     ALERTS_ROUTED,
     ALERTS_UNROUTED,
     GROUPS_FLUSHED,
+    GROUPS_KEPT_OPEN,
 )
 from nmstream.render.agents import Rendered, render_ahead, write_notifications
 from nmstream.render.models import SentRecord
@@ -365,6 +366,7 @@ class Router(Stage):
                 due.append(self.pop(gid))
             else:
                 self.waiting.setdefault(group.partition, deque()).append((now, group))
+                GROUPS_KEPT_OPEN.inc()
         if due:
             await self.write(due)
 
