@@ -61,6 +61,7 @@ from nmstream.ingest.models import encode_records, utcnow
 from nmstream.ingest.views import parse
 from nmstream.routing.batching import Batching, group_partition
 from nmstream.settings import Settings
+from nmstream.topics import send_batched
 
 WARMUP_ALERTS = 200
 
@@ -232,9 +233,9 @@ def kafka_records(bodies: list[tuple[list[str], bytes]], partitions: int) -> lis
 
 async def produce_posts(bootstrap: str, topic: str, posts: list[Post], partitions: int,
                         senders: int) -> float:
-    """Produce the posts' records to a new ``topic`` with ``senders`` concurrent senders, each
-    waiting for a post's acknowledgement before its next; the seconds from the first send to
-    the last acknowledgement."""
+    """Produce the posts' records to a new ``topic`` as ingest does (:func:`send_batched`) with
+    ``senders`` concurrent senders, each waiting for a post's acknowledgement before its next;
+    the seconds from the first send to the last acknowledgement."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
     try:
@@ -247,17 +248,10 @@ async def produce_posts(bootstrap: str, topic: str, posts: list[Post], partition
     try:
         async def sender(queue: list[Post]) -> None:
             while queue:
-                by_partition: dict[int, list[tuple[bytes, bytes]]] = {}
-                for partition, key, value in queue.pop():
-                    by_partition.setdefault(partition, []).append((key, value))
-                acks = []
-                for partition, records in by_partition.items():
-                    batch = producer.create_batch()
-                    for key, value in records:
-                        batch.append(key=key, value=value, timestamp=None)
-                    batch.close()
-                    acks.append(await producer.send_batch(batch, topic, partition=partition))
-                await asyncio.gather(*acks)
+                post, now = queue.pop(), int(time.time() * 1000)
+                await asyncio.gather(*await send_batched(
+                    topic, [(key, value, now) for _, key, value in post],
+                    [partition for partition, _, _ in post], producer))
 
         await sender(posts[:senders])  # a warm-up: metadata, connection
         queue = list(reversed(posts))

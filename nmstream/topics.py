@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from nmstream.app import app, settings
@@ -121,6 +121,7 @@ async def send_batched(
     topic: str,
     records: Sequence[tuple[bytes, bytes, int]],
     numbers: Sequence[int],
+    producer: AIOKafkaProducer | None = None,
 ) -> list[asyncio.Future[Any]]:
     """Queue ``(key, value, timestamp_ms)`` records as one record batch per partition (split
     where a batch is full) and return the batches' acknowledgement futures.
@@ -128,9 +129,9 @@ async def send_batched(
     ``numbers[i]`` is the partition of record ``i`` (see :func:`partition_count`). Many records
     cost a few batches instead of one Faust message, aiokafka message and future per record; a
     few (:data:`SMALL_SEND`) join the batches being filled, so that small posts arriving
-    together leave together.
+    together leave together. ``producer`` is the worker's (Faust's) unless given.
     """
-    producer = kafka_producer()
+    producer = producer or kafka_producer()
     by_partition: dict[int, list[tuple[bytes, bytes, int]]] = {}
     for number, record in zip(numbers, records, strict=True):
         by_partition.setdefault(number, []).append(record)
