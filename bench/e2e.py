@@ -8,6 +8,10 @@ Alertmanager (its v2 API, the same sink as its webhook, group_by the same labels
 batch wait), and the same posts to a bare aiohttp handler that only parses the JSON (the
 ceiling). Everything shares this machine: clients, sink, worker, broker, Alertmanager.
 
+Two bounds place the worker's ingest between the ceiling and Kafka: the posts' records produced
+without HTTP (the Kafka bound), and nmstream's ingest code in a process doing nothing else
+(``bench/ingest_alone.py``: what ingest costs without the pipeline beside it).
+
 Figures: alerts/s acknowledged (first post to last answer), alerts/s delivered (first post to
 last alert at the sink), p50/p99 of post → delivery per alert, peak RSS (VmHWM) of the worker,
 the broker and Alertmanager.
@@ -231,17 +235,22 @@ def kafka_records(bodies: list[tuple[list[str], bytes]], partitions: int) -> lis
     return posts
 
 
-async def produce_posts(bootstrap: str, topic: str, posts: list[Post], partitions: int,
-                        senders: int) -> float:
-    """Produce the posts' records to a new ``topic`` as ingest does (:func:`send_batched`) with
-    ``senders`` concurrent senders, each waiting for a post's acknowledgement before its next;
-    the seconds from the first send to the last acknowledgement."""
+async def create_topic(bootstrap: str, topic: str, partitions: int) -> None:
+    """A new topic of ``partitions`` partitions."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
     try:
         await admin.create_topics([NewTopic(topic, partitions, 1)])
     finally:
         await admin.close()
+
+
+async def produce_posts(bootstrap: str, topic: str, posts: list[Post], partitions: int,
+                        senders: int) -> float:
+    """Produce the posts' records to a new ``topic`` as ingest does (:func:`send_batched`) with
+    ``senders`` concurrent senders, each waiting for a post's acknowledgement before its next;
+    the seconds from the first send to the last acknowledgement."""
+    await create_topic(bootstrap, topic, partitions)
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks=-1,
                                 max_batch_size=PRODUCER_BATCH_BYTES)
     await producer.start()
@@ -262,10 +271,12 @@ async def produce_posts(bootstrap: str, topic: str, posts: list[Post], partition
         await producer.stop()
 
 
-def bench_kafka_bound(args: argparse.Namespace, bodies: list[tuple[list[str], bytes]]) -> float:
-    """Alerts/s the broker alone allows ingest (see the module's docstring): the better of the
-    posts produced by ``concurrency`` senders, and by one sender merging that many posts into
-    each produce (which aiokafka, one batch per partition in flight, favours)."""
+def bench_kafka_bound(args: argparse.Namespace, workdir: Path,
+                      bodies: list[tuple[list[str], bytes]]) -> tuple[float, float]:
+    """Alerts/s the broker alone allows ingest: the better of the posts' records produced by
+    ``concurrency`` senders, and by one sender merging that many posts into each produce (which
+    aiokafka, one batch per partition in flight, favours); and alerts/s of nmstream's ingest
+    code alone (``bench/ingest_alone.py``), on the same broker."""
     partitions, senders = Settings().partitions, args.concurrency
     posts = kafka_records(bodies, partitions)
     merged = [list(itertools.chain.from_iterable(posts[i:i + senders]))
@@ -274,7 +285,20 @@ def bench_kafka_bound(args: argparse.Namespace, bodies: list[tuple[list[str], by
         bootstrap = broker.url.removeprefix("kafka://")
         seconds = min(asyncio.run(produce_posts(bootstrap, "bound", posts, partitions, senders)),
                       asyncio.run(produce_posts(bootstrap, "merged", merged, partitions, 1)))
-    return float(args.alerts / seconds)
+        asyncio.run(create_topic(bootstrap, "alone", partitions))
+        port, log = free_port(), workdir / "ingest-alone.log"
+        with log.open("wb") as out:
+            alone = subprocess.Popen(
+                [sys.executable, str(Path(__file__).with_name("ingest_alone.py")), str(port),
+                 bootstrap, "alone", str(partitions)], stdout=out, stderr=subprocess.STDOUT)
+        try:
+            url = f"http://127.0.0.1:{port}/api/v2/alerts"
+            wait_ready(f"http://127.0.0.1:{port}/-/ready", alone, log, 60)
+            asyncio.run(post_all(url, bodies[:senders], senders))  # metadata, connections
+            load = asyncio.run(post_all(url, bodies, senders))
+        finally:
+            stop(alone)
+    return float(args.alerts / seconds), args.alerts / (load.last_acked - load.first_sent)
 
 
 def cell(value: float | None, unit: str = "") -> str:
@@ -292,7 +316,7 @@ def ratio(a: float | None, b: float | None) -> str:
 
 
 def report(args: argparse.Namespace, nm: Figures, am: Figures | None, top: Figures,
-           bound: float) -> None:
+           bound: float, alone: float) -> None:
     """Print the table."""
     print(f"\nend-to-end benchmark: {args.alerts} alerts in posts of {args.post_size} over "
           f"{args.groups} groups, {args.concurrency} clients, batch wait {args.batch_wait:g} s; "
@@ -320,6 +344,9 @@ def report(args: argparse.Namespace, nm: Figures, am: Figures | None, top: Figur
     print(f"Kafka bound (the same records produced and acknowledged, no HTTP): {bound:.0f} "
           f"alerts/s = {ratio(bound, top.ingest)} of the ceiling; nmstream ingest "
           f"{ratio(nm.ingest, bound)} of it")
+    print(f"ingest code alone (HTTP, validation, records, Kafka; no pipeline beside it): "
+          f"{alone:.0f} alerts/s = {ratio(alone, top.ingest)} of the ceiling; nmstream ingest "
+          f"{ratio(nm.ingest, alone)} of it")
     for name, f in (("nmstream", nm), ("Alertmanager", am)):
         if f is not None:
             print(f"{name}: {f.notifications} webhook posts, {f.errors} failed posts "
@@ -364,8 +391,8 @@ def main() -> int:
     finally:
         sink.stop()
     top = bench_ceiling(args, workdir, bodies)
-    bound = bench_kafka_bound(args, bodies)
-    report(args, nm, am, top, bound)
+    bound, alone = bench_kafka_bound(args, workdir, bodies)
+    report(args, nm, am, top, bound, alone)
     print(f"(run took {time.monotonic() - started:.0f} s; logs in {workdir})")
     return 0 if nm.missing == 0 and (am is None or am.missing == 0) else 1
 
