@@ -271,7 +271,7 @@ async def produce_posts(bootstrap: str, topic: str, posts: list[Post], partition
         await producer.stop()
 
 
-def bench_kafka_bound(args: argparse.Namespace, workdir: Path,
+def bench_bounds(args: argparse.Namespace, workdir: Path,
                       bodies: list[tuple[list[str], bytes]]) -> tuple[float, float]:
     """Alerts/s the broker alone allows ingest: the better of the posts' records produced by
     ``concurrency`` senders, and by one sender merging that many posts into each produce (which
@@ -391,7 +391,7 @@ def main() -> int:
     finally:
         sink.stop()
     top = bench_ceiling(args, workdir, bodies)
-    bound, alone = bench_kafka_bound(args, workdir, bodies)
+    bound, alone = bench_bounds(args, workdir, bodies)
     report(args, nm, am, top, bound, alone)
     print(f"(run took {time.monotonic() - started:.0f} s; logs in {workdir})")
     return 0 if nm.missing == 0 and (am is None or am.missing == 0) else 1
